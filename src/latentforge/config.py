@@ -1,0 +1,128 @@
+"""Typed, validated configuration for a training run, with a JSON round trip.
+
+One flat dataclass: every field has its meaning and unit beside it. Validation happens in
+`__post_init__` and raises `ConfigError` (a ValueError) with one line saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SUPPORTED_RESOLUTIONS = (28, 32, 64, 128)
+MODEL_NAMES = ("vae", "dcgan")
+RECON_LOSSES = ("bce", "mse")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake; the message says what to change."""
+
+
+@dataclass
+class TrainConfig:
+    # what to train, on what
+    model: str = "dcgan"  # one of MODEL_NAMES
+    data: str = "fashion-mnist:train"  # built-in name, folder, or .npz (see latentforge.data)
+    out: str = "runs/run"  # run directory
+    resolution: int = 32  # pixels, square; one of SUPPORTED_RESOLUTIONS
+    channels: int | None = None  # 1 or 3; None = the data set's own
+
+    # optimisation
+    steps: int = 2000  # optimizer steps (for GANs: one D step + one G step)
+    batch_size: int = 64  # images per step
+    lr: float | None = None  # Adam learning rate; None = 2e-4 for GANs (DCGAN paper), 1e-3 for VAEs
+    beta1: float | None = None  # Adam beta1; None = 0.5 for GANs (DCGAN paper), 0.9 for VAEs
+    beta2: float = 0.999  # Adam beta2
+    seed: int = 0  # seeds weights, data order, noise
+
+    # model shape
+    z_dim: int | None = None  # latent size; None = 100 for dcgan (paper), 32 for vae
+    width: int = 64  # base channel count (DCGAN's ngf = ndf; VAE's first conv)
+
+    # VAE objective: -ELBO = recon + beta * KL
+    recon_loss: str = "bce"  # "bce": Bernoulli likelihood on pixels in [0,1]; "mse": Gaussian, fixed sigma
+    gaussian_sigma: float = 0.1  # std of the Gaussian likelihood, in [0,1] pixel units ("mse" only)
+    beta: float = 1.0  # weight of the KL term (1 = the ELBO; >1 = beta-VAE, Higgins et al. 2017)
+
+    # bookkeeping
+    log_every: int = 50  # steps between metrics.jsonl train lines
+    sample_every: int = 500  # steps between sample grids
+    checkpoint_every: int = 500  # steps between checkpoints (also written at the end and on Ctrl-C)
+    eval_every: int = 0  # steps between in-training FID/KID evaluations; 0 = off
+    eval_n: int = 1000  # generated and reference images per in-training evaluation
+    eval_ref: str | None = None  # reference data for evaluation; None = the data set's test split or itself
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
+
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the run
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_NAMES:
+            raise ConfigError(f"unknown model {self.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
+        if self.resolution not in SUPPORTED_RESOLUTIONS:
+            raise ConfigError(
+                f"resolution {self.resolution} is not supported; choose one of {SUPPORTED_RESOLUTIONS}"
+            )
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+        if self.recon_loss not in RECON_LOSSES:
+            raise ConfigError(f"recon_loss must be one of {RECON_LOSSES}, got {self.recon_loss!r}")
+        for name in ("steps", "batch_size", "width", "log_every", "sample_every", "checkpoint_every", "eval_n"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.lr is None:
+            self.lr = 2e-4 if self.family == "gan" else 1e-3
+        if self.beta1 is None:
+            self.beta1 = 0.5 if self.family == "gan" else 0.9
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError(f"Adam betas must lie in [0, 1), got ({self.beta1}, {self.beta2})")
+        if self.beta < 0:
+            raise ConfigError(f"beta must be >= 0, got {self.beta}")
+        if self.gaussian_sigma <= 0:
+            raise ConfigError(f"gaussian_sigma must be positive, got {self.gaussian_sigma}")
+        if self.z_dim is None:
+            self.z_dim = 100 if self.model == "dcgan" else 32
+        if self.z_dim <= 0:
+            raise ConfigError(f"z_dim must be positive, got {self.z_dim}")
+
+    @property
+    def family(self) -> str:
+        return "vae" if self.model == "vae" else "gan"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    def save(self, path: str | Path, **extra_top_level: Any) -> None:
+        """Write config.json atomically: the config's fields at the top level, plus
+        `extra_top_level` keys such as data_info (kept apart from the config on reading)."""
+        path = Path(path)
+        clash = set(extra_top_level) & {f.name for f in dataclasses.fields(self)}
+        assert not clash, f"extra keys clash with config fields: {clash}"
+        payload = {**self.to_dict(), **extra_top_level}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+        tmp.replace(path)
+
+
+def read_run_config(run_dir: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
+    """Read a run's config.json -> (TrainConfig, the whole JSON payload)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a latentforge run directory (no config.json)")
+    payload = json.loads(path.read_text())
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig.from_dict({k: v for k, v in payload.items() if k in known}), payload

@@ -1,0 +1,111 @@
+"""DCGAN: Radford, Metz & Chintala, "Unsupervised Representation Learning with Deep
+Convolutional Generative Adversarial Networks", ICLR 2016 (arXiv:1511.06434).
+
+Generator: z (N, z_dim) -> a `base` x `base` map by one transposed conv, then stride-2
+transposed convs that double the size, batch norm + ReLU between, tanh at the end.
+Discriminator: the mirror image, stride-2 convs with LeakyReLU(0.2), batch norm on all but the
+first layer, and one last conv that collapses `base` x `base` to a single logit.
+
+Layer arithmetic. A stride-2 transposed conv with kernel 4 and padding 1 maps H -> 2H exactly,
+and a stride-2 conv with kernel 4 and padding 1 maps 2H -> H exactly, so
+    resolution = base * 2 ** n_up,  base = 7 for 28 px (28 = 7 * 4), 4 otherwise.
+The first transposed conv (kernel = base, stride 1, padding 0) maps 1x1 -> base x base, and
+the discriminator's last conv (kernel = base) maps base x base -> 1x1. Both networks are built
+from the same (base, n_up) pair, so they cannot disagree about the image size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+SUPPORTED = (28, 32, 64, 128)
+
+
+def layout(resolution: int) -> tuple[int, int]:
+    """(base, n_up) with resolution == base * 2**n_up; see the module docstring."""
+    if resolution not in SUPPORTED:
+        raise ValueError(f"DCGAN supports resolutions {SUPPORTED}, got {resolution}")
+    base = 7 if resolution == 28 else 4
+    n_up = int(round(math.log2(resolution // base)))
+    assert base * 2**n_up == resolution
+    return base, n_up
+
+
+@dataclass
+class DCGANConfig:
+    resolution: int = 32  # output size in pixels (square)
+    img_channels: int = 1  # 1 (grayscale) or 3 (RGB)
+    z_dim: int = 100  # latent size (paper: 100)
+    width: int = 64  # ngf = ndf: channels of the layer next to the image; doubled per layer inward
+
+    def __post_init__(self) -> None:
+        layout(self.resolution)  # raises on an unsupported resolution
+        if self.img_channels not in (1, 3):
+            raise ValueError(f"img_channels must be 1 or 3, got {self.img_channels}")
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN paper, section 4: all weights from N(0, 0.02); batch norm gains from N(1, 0.02)."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: DCGANConfig):
+        super().__init__()
+        self.cfg = cfg
+        base, n_up = layout(cfg.resolution)
+        ch = cfg.width * 2 ** (n_up - 1)  # channels at base x base
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(cfg.z_dim, ch, base, 1, 0, bias=False),  # (N, ch, base, base)
+            nn.BatchNorm2d(ch),
+            nn.ReLU(True),
+        ]
+        for _ in range(n_up - 1):  # each block: (N, ch, s, s) -> (N, ch/2, 2s, 2s)
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+            ch //= 2
+        layers += [nn.ConvTranspose2d(ch, cfg.img_channels, 4, 2, 1, bias=False), nn.Tanh()]  # (N, C, res, res)
+        self.net = nn.Sequential(*layers)
+        self.apply(init_weights)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """z (N, z_dim) -> images (N, C, res, res) in [-1, 1]. `c` must be None (unconditional)."""
+        if c is not None:
+            raise ValueError("this DCGAN is unconditional; pass c=None")
+        if z.ndim != 2 or z.shape[1] != self.cfg.z_dim:
+            raise ValueError(f"z must have shape (N, {self.cfg.z_dim}), got {tuple(z.shape)}")
+        return self.net(z[:, :, None, None])
+
+
+class Discriminator(nn.Module):
+    def __init__(self, cfg: DCGANConfig):
+        super().__init__()
+        self.cfg = cfg
+        base, n_up = layout(cfg.resolution)
+        ch = cfg.width
+        layers: list[nn.Module] = [  # no batch norm on the input layer (paper, section 3)
+            nn.Conv2d(cfg.img_channels, ch, 4, 2, 1, bias=False),  # (N, width, res/2, res/2)
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        for _ in range(n_up - 1):  # each block: (N, ch, 2s, 2s) -> (N, 2ch, s, s)
+            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, inplace=True)]
+            ch *= 2
+        layers += [nn.Conv2d(ch, 1, base, 1, 0, bias=False)]  # (N, 1, 1, 1): one logit per image
+        self.net = nn.Sequential(*layers)
+        self.apply(init_weights)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """images (N, C, res, res) -> logits (N,). `c` must be None (unconditional)."""
+        if c is not None:
+            raise ValueError("this DCGAN is unconditional; pass c=None")
+        r, ch = self.cfg.resolution, self.cfg.img_channels
+        if x.ndim != 4 or x.shape[1:] != (ch, r, r):
+            raise ValueError(f"images must have shape (N, {ch}, {r}, {r}), got {tuple(x.shape)}")
+        return self.net(x).flatten()

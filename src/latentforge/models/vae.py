@@ -1,0 +1,107 @@
+"""Convolutional variational autoencoder: Kingma & Welling, "Auto-Encoding Variational Bayes",
+ICLR 2014 (arXiv:1312.6114).
+
+encoder  x (N, C, res, res) -> stride-2 convs -> flatten -> linear -> (mu, logvar), each (N, z_dim)
+sample   z = mu + exp(logvar / 2) * eps, eps ~ N(0, I)     (the reparameterization trick)
+decoder  z -> linear -> (N, ch, base, base) -> stride-2 transposed convs -> (N, C, res, res)
+
+The decoder's raw output parameterizes the likelihood p(x|z) of pixels in [0, 1]:
+  likelihood "bce": Bernoulli logits; the decoded image is sigmoid(logits).
+  likelihood "mse": the mean of a Gaussian with fixed std; the decoded image is the mean, clamped.
+The loss (negative ELBO) lives in latentforge.losses; this file is the network only.
+
+Layer arithmetic is the DCGAN one (see dcgan.py): res = base * 2**n, base = 7 for 28 px, else 4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .dcgan import layout
+
+LIKELIHOODS = ("bce", "mse")
+
+
+@dataclass
+class VAEConfig:
+    resolution: int = 32  # image size in pixels (square)
+    img_channels: int = 1  # 1 or 3
+    z_dim: int = 32  # latent size
+    width: int = 64  # channels of the first encoder conv; doubled per layer inward
+    likelihood: str = "bce"  # "bce" (Bernoulli) or "mse" (Gaussian with fixed std)
+
+    def __post_init__(self) -> None:
+        layout(self.resolution)
+        if self.img_channels not in (1, 3):
+            raise ValueError(f"img_channels must be 1 or 3, got {self.img_channels}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+
+
+@dataclass
+class VAEOutput:
+    decoded: torch.Tensor  # (N, C, res, res): Bernoulli logits or Gaussian means, in [0, 1] pixel space
+    mu: torch.Tensor  # (N, z_dim)
+    logvar: torch.Tensor  # (N, z_dim)
+    z: torch.Tensor  # (N, z_dim), the reparameterized sample that was decoded
+
+
+class VAE(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        base, n = layout(cfg.resolution)
+        ch = cfg.width
+        enc: list[nn.Module] = [nn.Conv2d(cfg.img_channels, ch, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        for _ in range(n - 1):  # (N, ch, 2s, 2s) -> (N, 2ch, s, s)
+            enc += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, inplace=True)]
+            ch *= 2
+        self.encoder = nn.Sequential(*enc, nn.Flatten())  # (N, ch * base * base)
+        self.to_stats = nn.Linear(ch * base * base, 2 * cfg.z_dim)  # -> (mu, logvar)
+
+        self._top = (ch, base, base)
+        self.from_z = nn.Sequential(nn.Linear(cfg.z_dim, ch * base * base), nn.ReLU(True))
+        dec: list[nn.Module] = []
+        for _ in range(n - 1):  # (N, ch, s, s) -> (N, ch/2, 2s, 2s)
+            dec += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+            ch //= 2
+        dec += [nn.ConvTranspose2d(ch, cfg.img_channels, 4, 2, 1)]  # (N, C, res, res), no activation
+        self.decoder = nn.Sequential(*dec)
+
+    def _check_images(self, x: torch.Tensor) -> None:
+        r, c = self.cfg.resolution, self.cfg.img_channels
+        if x.ndim != 4 or x.shape[1:] != (c, r, r):
+            raise ValueError(f"images must have shape (N, {c}, {r}, {r}), got {tuple(x.shape)}")
+
+    def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """images in [-1, 1] (N, C, res, res) -> (mu, logvar), each (N, z_dim)."""
+        if c is not None:
+            raise ValueError("this VAE is unconditional; pass c=None")
+        self._check_images(x)
+        mu, logvar = self.to_stats(self.encoder(x)).chunk(2, dim=1)
+        return mu, logvar
+
+    def decode_raw(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """z (N, z_dim) -> likelihood parameters (N, C, res, res): logits ("bce") or means ("mse")."""
+        if c is not None:
+            raise ValueError("this VAE is unconditional; pass c=None")
+        if z.ndim != 2 or z.shape[1] != self.cfg.z_dim:
+            raise ValueError(f"z must have shape (N, {self.cfg.z_dim}), got {tuple(z.shape)}")
+        return self.decoder(self.from_z(z).view(-1, *self._top))
+
+    def to_image(self, decoded: torch.Tensor) -> torch.Tensor:
+        """Likelihood parameters -> the expected image, in [-1, 1]."""
+        x01 = torch.sigmoid(decoded) if self.cfg.likelihood == "bce" else decoded.clamp(0, 1)
+        return x01 * 2 - 1
+
+    def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """z (N, z_dim) -> images (N, C, res, res) in [-1, 1] (the mean of p(x|z))."""
+        return self.to_image(self.decode_raw(z, c))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> VAEOutput:
+        mu, logvar = self.encode(x, c)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # reparameterization trick
+        return VAEOutput(decoded=self.decode_raw(z, c), mu=mu, logvar=logvar, z=z)
