@@ -95,9 +95,12 @@ def test_resume_is_exact(tiny_npz: Path, tmp_path: Path, model: str) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    la = [{k: v for k, v in r.items() if k not in ("time", "images_per_s")} for r in read_jsonl(straight / "metrics.jsonl")]
-    lb = [{k: v for k, v in r.items() if k not in ("time", "images_per_s")} for r in read_jsonl(split / "metrics.jsonl")]
-    assert la == lb
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("time", "images_per_s")}  # noqa: E731
+    la = {r["step"]: strip(r) for r in read_jsonl(straight / "metrics.jsonl")}
+    lb = {r["step"]: strip(r) for r in read_jsonl(split / "metrics.jsonl")}
+    # the split run also logged its last step (3); steps 2 and 6 average the same steps in both runs
+    assert sorted(la) == [2, 4, 6] and sorted(lb) == [2, 3, 4, 6]
+    assert la[2] == lb[2] and la[6] == lb[6]
 
 
 def test_load_sample_is_deterministic_and_matches_training_grid(tiny_npz: Path, tmp_path: Path) -> None:
@@ -208,11 +211,11 @@ def test_cli_user_errors_are_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_real_fashion_mnist_dcgan_learns(tmp_path: Path) -> None:
-    """300 DCGAN steps on Fashion-MNIST: D stops winning outright, and samples are diverse,
-    non-constant and closer to real image statistics than at step 0."""
+    """150 DCGAN steps on Fashion-MNIST: losses stay finite, and samples are diverse,
+    non-constant and have moved to the real images' brightness (step-0 samples are grey noise)."""
     run = tmp_path / "fm"
-    cfg = TrainConfig(model="dcgan", data="fashion-mnist:train", out=str(run), resolution=28, steps=300,
-                      batch_size=64, width=32, log_every=50, sample_every=300, checkpoint_every=300, seed=0)
+    cfg = TrainConfig(model="dcgan", data="fashion-mnist:train", out=str(run), resolution=28, steps=150,
+                      batch_size=64, width=16, log_every=50, sample_every=150, checkpoint_every=150, seed=0)
     train(cfg, progress=False, log=lambda m: None)
     rows = read_jsonl(run / "metrics.jsonl")
     assert all(np.isfinite(r["loss/D"]) and np.isfinite(r["loss/G"]) for r in rows)
@@ -230,8 +233,8 @@ def test_real_fashion_mnist_dcgan_learns(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_real_fashion_mnist_vae_lowers_loss(tmp_path: Path) -> None:
     run = tmp_path / "vae"
-    cfg = TrainConfig(model="vae", data="fashion-mnist:train", out=str(run), resolution=28, steps=200, batch_size=64,
-                      width=16, log_every=20, sample_every=200, checkpoint_every=200, seed=0)
+    cfg = TrainConfig(model="vae", data="fashion-mnist:train", out=str(run), resolution=28, steps=120, batch_size=64,
+                      width=16, log_every=20, sample_every=120, checkpoint_every=120, seed=0)
     train(cfg, progress=False, log=lambda m: None)
     rows = read_jsonl(run / "metrics.jsonl")
     assert rows[-1]["loss/total"] < 0.8 * rows[0]["loss/total"]

@@ -45,27 +45,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main() -> None:
-    """Entry point: run the app, turning user errors into one line and exit code 2."""
+    """Entry point: typer reports usage errors itself (exit 2); user errors raised by the
+    library become one red line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        app()
     except _user_errors() as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
         sys.exit(2)
-    except typer.Abort:
-        console.print("aborted")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
-    except Exception as e:  # click's own usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        raise
 
 
 # ------------------------------------------------------------------------------------ train
