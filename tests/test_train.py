@@ -206,28 +206,66 @@ def test_cli_user_errors_are_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2 and "Traceback" not in r.stderr and "fashion-mnist" in r.stderr
 
 
+def test_ctrl_c_saves_and_resume_finishes(tiny_npz: Path, tmp_path: Path) -> None:
+    """SIGINT during training: a checkpoint is written, exit code 130; --resume then completes."""
+    import signal
+    import time
+
+    run = tmp_path / "intr"
+    args = ["train", "--model", "dcgan", "--data", str(tiny_npz), "--res", "28", "--steps", "100000",
+            "--batch-size", "8", "--width", "8", "--z-dim", "8", "--log-every", "1", "--out", str(run), "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "latentforge", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(read_jsonl(run / "metrics.jsonl")) < 3:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "checkpoint written" in err and "--resume" in err
+    step = load_state(run / "state.pt")["step"]
+    assert 3 <= step < 100000
+    logged = max(r["step"] for r in read_jsonl(run / "metrics.jsonl"))
+    assert logged == step  # nothing logged beyond the checkpoint
+    r = run_cli("train", *[a if a != "100000" else str(step + 2) for a in args[1:]], "--resume")
+    assert r.returncode == 0, r.stderr
+    assert load_state(run / "state.pt")["step"] == step + 2
+
+
 # ------------------------------------------------------------------------------------ real data
 
 
 @pytest.mark.integration
 def test_real_fashion_mnist_dcgan_learns(tmp_path: Path) -> None:
-    """150 DCGAN steps on Fashion-MNIST: losses stay finite, and samples are diverse,
-    non-constant and have moved to the real images' brightness (step-0 samples are grey noise)."""
+    """400 DCGAN steps on Fashion-MNIST: losses stay finite; samples are diverse and have learned
+    the data's dark background, which an untrained generator (mid-grey noise) does not have."""
     run = tmp_path / "fm"
-    cfg = TrainConfig(model="dcgan", data="fashion-mnist:train", out=str(run), resolution=28, steps=150,
-                      batch_size=64, width=16, log_every=50, sample_every=150, checkpoint_every=150, seed=0)
+    cfg = TrainConfig(model="dcgan", data="fashion-mnist:train", out=str(run), resolution=28, steps=400,
+                      batch_size=64, width=16, log_every=50, sample_every=400, checkpoint_every=400, seed=0)
+    border = np.ones((28, 28), bool)
+    border[3:-3, 3:-3] = False  # the 3-pixel frame of each image
+
+    def border_mean(x: np.ndarray) -> float:
+        return float(x[:, border].mean())
+
+    from latentforge.models import build_networks
+
+    torch.manual_seed(cfg.seed)
+    untrained = build_networks(cfg, channels=1)["G"].eval()
+    with torch.no_grad():
+        x0 = (untrained(latents_for_seeds(range(64), cfg.z_dim)).squeeze(1).numpy() + 1) / 2
     train(cfg, progress=False, log=lambda m: None)
     rows = read_jsonl(run / "metrics.jsonl")
     assert all(np.isfinite(r["loss/D"]) and np.isfinite(r["loss/G"]) for r in rows)
-    x = latentforge.load(run).sample(64, seed=0).astype(np.float32) / 255
-    per_image_std = x.reshape(64, -1).std(1)
-    assert per_image_std.min() > 0.05  # no blank images
+    x = latentforge.load(run).sample(64, seed=0)[..., 0].astype(np.float32) / 255  # (64, 28, 28)
+    real = latentforge.load_images("fashion-mnist:test").images[:2000, 0].float().numpy() / 255
+    b_real, b0, b = border_mean(real), border_mean(x0), border_mean(x)
+    assert b0 - b_real > 0.2  # untrained: grey frame (~0.5); real data: mostly black (~0.12)
+    assert abs(b - b_real) < 0.5 * abs(b0 - b_real), (b0, b, b_real)  # learned the dark background
+    assert x.reshape(64, -1).std(1).min() > 0.05  # no blank images
     flat = x.reshape(64, -1)
     pair = np.abs(flat[:, None, :] - flat[None, :, :]).mean(-1)
     assert pair[~np.eye(64, dtype=bool)].min() > 0.01  # no two samples identical (no full collapse)
-    real = latentforge.load_images("fashion-mnist:test").images[:2000].float().numpy() / 255
-    # Fashion-MNIST has a black background: mean pixel ~0.29. Step-0 samples are mid-grey noise (~0.5).
-    assert abs(x.mean() - real.mean()) < 0.1
 
 
 @pytest.mark.integration
@@ -241,3 +279,30 @@ def test_real_fashion_mnist_vae_lowers_loss(tmp_path: Path) -> None:
     x = latentforge.load(run).sample(32, seed=0).astype(np.float32)
     assert x.reshape(32, -1).std(1).min() > 5  # not blank
     assert np.abs(x[0] - x[1:]).mean() > 2  # samples differ from each other
+
+
+@pytest.mark.integration
+def test_in_training_evaluation_logs_and_keeps_best(tiny_npz: Path, tmp_path: Path) -> None:
+    """--eval-every: FID/KID rows in metrics.jsonl (real Inception weights), a best checkpoint that
+    matches the lowest FID logged, and load(checkpoint="best")."""
+    run = tmp_path / "ev"
+    cfg = tiny_cfg(tiny_npz, run, steps=6, eval_every=3, eval_n=24, eval_ref=str(tiny_npz))
+    train(cfg, progress=False, log=lambda m: None)
+    evals = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [3, 6]
+    assert all(r["n"] == 24 and np.isfinite(r["fid"]) and r["fid"] > 0 and np.isfinite(r["kid"]) for r in evals)
+    best = min(evals, key=lambda r: r["fid"])
+    from safetensors import safe_open
+
+    with safe_open(str(run / "best" / "model.safetensors"), "pt") as f:
+        assert int(f.metadata()["step"]) == best["step"]
+    assert load_state(run / "state.pt")["best_step"] == best["step"]
+    assert latentforge.load(run, checkpoint="best").sample(2).shape == (2, 28, 28, 1)
+    with pytest.raises(ConfigError, match="no best weights"):
+        latentforge.load(_run_without_best(tiny_npz, tmp_path), checkpoint="best")
+
+
+def _run_without_best(tiny_npz: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "nobest"
+    train(tiny_cfg(tiny_npz, run, steps=2), progress=False, log=lambda m: None)
+    return run

@@ -234,6 +234,7 @@ def eval_cmd(
     fake: Optional[str] = typer.Option(None, help="With --real: generated images (folder or .npz)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
     seed: int = typer.Option(0, help="Seed of the generated images and of the reference subset."),
+    floor: bool = typer.Option(False, "--floor", help="Also report real-vs-real FID/KID at the same n (the best reachable)."),
     checkpoint: str = typer.Option("latest", help="latest or best."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
 ) -> None:
@@ -255,10 +256,11 @@ def eval_cmd(
             raise UserError("give a RUN directory, or both --real and --fake")
         from .data import load_images
 
-        fake_data = load_images(fake)
-        real_data = load_images(real, res=fake_data.resolution, channels=fake_data.channels)
-        result = evaluate_sets(real_data.images, fake_data.images, metrics=wanted, seed=seed,
-                               real_name=real, fake_name=fake)
+        # Both at their native size: evaluate_sets brings the fakes to the real images' resolution.
+        real_data, fake_data = load_images(real), load_images(fake)
+        mem_dir = (json_out.parent if json_out else Path(".")) if "memorization" in wanted else None
+        result = evaluate_sets(real_data.images, fake_data.images, metrics=wanted, seed=seed, n=n,
+                               real_name=real, fake_name=fake, memorization_dir=mem_dir)
     else:
         from .sample import load
         from .train import default_eval_ref
@@ -268,7 +270,7 @@ def eval_cmd(
         images = m.sample_tensor(n, seed)
         mem_dir = (json_out.parent if json_out else run) if "memorization" in wanted else None
         result = evaluate(images, ref, n=n, metrics=wanted, seed=seed, train_spec=m.config.data,
-                          memorization_dir=mem_dir)
+                          memorization_dir=mem_dir, floor=floor)
         result["run"] = str(run)
         result["checkpoint"] = checkpoint
     print(format_table(result))
@@ -295,6 +297,17 @@ def compare(
         raise UserError(str(e)) from None
     console.print(f"wrote {path}", highlight=False)
 
+
+def _register_extensions() -> None:
+    # Commands that live in their own modules (latent exploration, the web server).
+    from .cli_explore import register as register_explore
+    from .cli_serve import register as register_serve
+
+    register_explore(app)
+    register_serve(app)
+
+
+_register_extensions()
 
 if __name__ == "__main__":  # pragma: no cover
     main()
