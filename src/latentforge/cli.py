@@ -122,7 +122,7 @@ def sample(
 
     Example: latentforge sample runs/dcgan --n 64 --seed 0 --out grid.png
     """
-    from . import __version__
+    from .explore import provenance
     from .images import save_grid, save_png
     from .sample import load
 
@@ -132,7 +132,7 @@ def sample(
         raise UserError(f"--n must be positive, got {n}")
     m = load(run, device=device, checkpoint=checkpoint)
     images = m.sample_tensor(n, seed)
-    meta = {"latentforge": __version__, "model": m.config.model, "run": str(run), "synthetic image": "true"}
+    meta = provenance(m)
     if out is not None:
         save_grid(images, out, nrow=nrow, metadata={**meta, "seeds": f"{seed}-{seed + n - 1}"})
         console.print(f"wrote {out} ({n} images, seeds {seed}-{seed + n - 1})", highlight=False)
@@ -159,6 +159,7 @@ def reconstruct(
     import torch
 
     from .data import load_images
+    from .explore import provenance
     from .images import save_grid
     from .sample import load
 
@@ -175,8 +176,8 @@ def reconstruct(
     rows = []
     for i in range(0, n, row):  # alternate a row of originals and the row of their reconstructions
         rows += [originals[i : i + row], recons[i : i + row]]
-    save_grid(torch.cat(rows), out, nrow=row, upscale=2, metadata={"model": m.config.model, "run": str(run),
-                                                                  "content": "originals above, reconstructions below"})
+    save_grid(torch.cat(rows), out, nrow=row, upscale=2,
+              metadata=provenance(m, data=data, content="originals above, reconstructions below"))
     mse = ((originals.float() - recons.float()) / 255).pow(2).mean().item()
     console.print(f"wrote {out}: originals above, reconstructions below (pixel MSE {mse:.4f} on [0,1])", highlight=False)
 
@@ -205,7 +206,7 @@ def data_info(
     for k, v in info.items():
         console.print(f"{k}: {v}", highlight=False)
     idx = torch.randperm(len(d.images), generator=torch.Generator().manual_seed(0))[:64]
-    save_grid(d.images[idx], out, nrow=8)
+    save_grid(d.images[idx], out, nrow=8, metadata={"data": d.name, "synthetic image": "false"})
     console.print(f"sample grid: {out}", highlight=False)
 
 

@@ -67,6 +67,7 @@ __all__ = [
     "MIRRORS",
     "SkippedFilesWarning",
     "cache_root",
+    "decode_image",
     "describe",
     "fetch",
     "load_images",
@@ -896,6 +897,23 @@ def _decode_or_reason(path: str, res: int | None, channels: int | None, crop: st
         raise
     except Exception as err:  # noqa: BLE001 - decoders raise many types (OSError, SyntaxError, bomb errors, ...)
         return f"{type(err).__name__}: {_one_line(err)}"
+
+
+def decode_image(source: str | os.PathLike[str] | Image.Image, res: int | None = None,
+                 channels: int | None = None, crop: str = "center") -> np.ndarray:
+    """One image (a file path or a PIL image) -> uint8 (H, W, C), through exactly the path that
+    training images take: EXIF rotation, transparency on white, 16-bit scaling, grayscale/RGB
+    conversion, and with `res` the LANCZOS resize and center crop (or pad, `crop="pad"`)."""
+    if crop not in CROP_MODES:
+        raise DataError(f"crop must be one of {', '.join(CROP_MODES)}, got {crop!r}")
+    if not isinstance(source, Image.Image):
+        return _decode_file(os.fspath(source), res, channels, crop)
+    gray = source.mode in _GRAY_MODES
+    img = _to_mode(source, "L" if (channels == 1 or (channels is None and gray)) else "RGB")
+    if res is not None:
+        img = _resize_pil(img, res, crop)
+    arr = np.array(img)  # a writable copy
+    return arr[:, :, None] if arr.ndim == 2 else arr
 
 
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})

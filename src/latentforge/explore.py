@@ -577,7 +577,7 @@ def prepare_image(model: "Model", image: Any) -> torch.Tensor:
         if not p.is_file():
             raise FileNotFoundError(f"no such image file: {p}")
         try:
-            arr = lfdata._decode_file(str(p), res, ch, "center")  # (res, res, C)
+            arr = lfdata.decode_image(p, res, ch)  # (res, res, C)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise ValueError(f"cannot read {p} as an image: {e}") from None
         return torch.from_numpy(np.array(arr)).permute(2, 0, 1)[None].contiguous()  # np.array: a writable copy
@@ -603,10 +603,7 @@ def prepare_image(model: "Model", image: Any) -> torch.Tensor:
         image = Image.fromarray(np.ascontiguousarray(a))
     if not isinstance(image, Image.Image):
         raise ValueError(f"cannot use a {type(image).__name__} as an image; pass a path, PIL image, array or tensor")
-    img = lfdata._to_mode(image, "L" if ch == 1 else "RGB")
-    img = lfdata._resize_pil(img, res, "center")
-    arr = np.array(img)  # a writable copy
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    arr = lfdata.decode_image(image, res, ch)  # (res, res, C)
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].contiguous()
 
 
