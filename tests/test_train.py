@@ -282,9 +282,10 @@ def test_real_fashion_mnist_vae_lowers_loss(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_in_training_evaluation_logs_and_keeps_best(tiny_npz: Path, tmp_path: Path) -> None:
+def test_in_training_evaluation_logs_and_keeps_best(tiny_npz: Path, tmp_path: Path, monkeypatch) -> None:
     """--eval-every: FID/KID rows in metrics.jsonl (real Inception weights), a best checkpoint that
     matches the lowest FID logged, and load(checkpoint="best")."""
+    monkeypatch.setenv("LATENTFORGE_CACHE", str(tmp_path / "cache"))  # keep the user's cache clean
     run = tmp_path / "ev"
     cfg = tiny_cfg(tiny_npz, run, steps=6, eval_every=3, eval_n=24, eval_ref=str(tiny_npz))
     train(cfg, progress=False, log=lambda m: None)
