@@ -456,6 +456,8 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         if not math.isfinite(v):
             return str(v)
+        if abs(v) >= 1:
+            return f"{v:.2f}"  # FID 49.9995 -> "50.00", not "50"
         return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"
     return str(v)
 
