@@ -115,6 +115,7 @@ def sample(
     out: Optional[Path] = typer.Option(None, help="Write one grid PNG here."),
     outdir: Optional[Path] = typer.Option(None, help="Write one PNG per image into this folder."),
     nrow: int = typer.Option(8, help="Images per grid row."),
+    scale: int = typer.Option(2, min=1, max=16, help="Enlarge the grid by this factor (nearest neighbour)."),
     checkpoint: str = typer.Option("latest", help="latest or best."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
 ) -> None:
@@ -134,7 +135,7 @@ def sample(
     images = m.sample_tensor(n, seed)
     meta = provenance(m)
     if out is not None:
-        save_grid(images, out, nrow=nrow, metadata={**meta, "seeds": f"{seed}-{seed + n - 1}"})
+        save_grid(images, out, nrow=nrow, upscale=scale, metadata={**meta, "seeds": f"{seed}-{seed + n - 1}"})
         console.print(f"wrote {out} ({n} images, seeds {seed}-{seed + n - 1})", highlight=False)
     if outdir is not None:
         for i, img in enumerate(images):
