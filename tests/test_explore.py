@@ -44,23 +44,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def runs(tmp_path_factory: pytest.TempPathFactory, make_tiny_npz) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:28, :28]
-    imgs, labels = [], []
-    for i in range(64):
-        img = np.full((28, 28), 20, np.uint8)
-        if i % 2 == 0:
-            a, b = rng.integers(4, 10, 2)
-            img[a : a + 12, b : b + 12] = 230
-        else:
-            cy, cx = rng.integers(10, 18, 2)
-            img[(yy - cy) ** 2 + (xx - cx) ** 2 < 36] = 160
-        imgs.append(img)
-        labels.append(i % 2)
-    npz = root / "tiny.npz"
-    np.savez(npz, images=np.stack(imgs), labels=np.array(labels), class_names=np.array(CLASSES))
+    npz = make_tiny_npz(root / "tiny.npz", class_names=CLASSES)
     out = {"npz": npz}
     for model in ("dcgan", "vae"):
         cfg = TrainConfig(model=model, data=str(npz), out=str(root / model), resolution=28, steps=6, batch_size=8,

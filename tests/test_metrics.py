@@ -15,7 +15,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

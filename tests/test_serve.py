@@ -33,22 +33,9 @@ from latentforge.train import train
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def runs(tmp_path_factory: pytest.TempPathFactory, make_tiny_npz) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("serve")
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:28, :28]
-    imgs = []
-    for i in range(48):
-        img = np.full((28, 28), 20, np.uint8)
-        if i % 2 == 0:
-            a, b = rng.integers(4, 10, 2)
-            img[a : a + 12, b : b + 12] = 230
-        else:
-            cy, cx = rng.integers(10, 18, 2)
-            img[(yy - cy) ** 2 + (xx - cx) ** 2 < 36] = 160
-        imgs.append(img)
-    data = root / "tiny.npz"
-    np.savez(data, images=np.stack(imgs), labels=np.arange(48) % 2, class_names=np.array(["square", "disc"]))
+    data = make_tiny_npz(root / "tiny.npz", n=48)
     out = {}
     for model in ("dcgan", "vae"):
         cfg = TrainConfig(model=model, data=str(data), out=str(root / model), resolution=28, steps=4, batch_size=8,

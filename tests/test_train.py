@@ -20,27 +20,6 @@ from latentforge.images import read_png_metadata
 from latentforge.train import BatchOrder, latents_for_seeds, train
 
 
-@pytest.fixture()
-def tiny_npz(tmp_path: Path) -> Path:
-    """64 grayscale 28x28 images of two kinds (bright squares / dark discs) with labels."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:28, :28]
-    imgs, labels = [], []
-    for i in range(64):
-        img = np.full((28, 28), 20, np.uint8)
-        if i % 2 == 0:
-            a, b = rng.integers(4, 10, 2)
-            img[a : a + 12, b : b + 12] = 230
-        else:
-            cy, cx = rng.integers(10, 18, 2)
-            img[(yy - cy) ** 2 + (xx - cx) ** 2 < 36] = 160
-        imgs.append(img)
-        labels.append(i % 2)
-    path = tmp_path / "tiny.npz"
-    np.savez(path, images=np.stack(imgs), labels=np.array(labels), class_names=np.array(["square", "disc"]))
-    return path
-
-
 def tiny_cfg(data: Path, out: Path, model: str = "dcgan", **kw) -> TrainConfig:
     base = dict(model=model, data=str(data), out=str(out), resolution=28, steps=6, batch_size=8, width=8, z_dim=8,
                 log_every=2, sample_every=3, checkpoint_every=3, seed=0)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .checkpoint import STATE, WEIGHTS, append_jsonl, load_state, load_weights, read_jsonl, save_state, save_weights, truncate_jsonl
+from .checkpoint import STATE, WEIGHTS, append_jsonl, load_state, load_weights, save_state, save_weights, truncate_jsonl
 from .config import ConfigError, TrainConfig, read_run_config
 from .images import save_grid, to_float, to_uint8
 from .losses import d_loss_nonsaturating, g_loss_nonsaturating, negative_elbo
