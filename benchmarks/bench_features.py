@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_model, loadavg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -45,23 +46,6 @@ def fashion_mnist_test(n: int) -> torch.Tensor:
         with gzip.open("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz") as f:
             arr = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
         return torch.from_numpy(arr[:n].copy())
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def run_shipped(model: torch.jit.ScriptModule, images: torch.Tensor, batch: int) -> np.ndarray:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -30,20 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-
-
-def machine_info() -> dict[str, object]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "sched_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "cpu": cpu, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "loadavg": os.getloadavg()}
+from machine import loadavg, machine_info
 
 
 def make_run(root: Path, res: int, width: int, z_dim: int, channels: int) -> Path:
@@ -142,12 +128,12 @@ def main() -> None:
             r = bench(res, args, Path(tmp))
             results.append(r)
             print(json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
-    info = {**info_before, "loadavg_after": os.getloadavg()}
+    info = {**info_before, "loadavg_after": loadavg()}
 
     print()
     print(f"machine: nproc {info['nproc']}, {info['cpu']}, torch {info['torch']} ({info['torch_threads']} threads), "
-          f"python {info['python']}, load average before {tuple(round(x, 2) for x in info['loadavg'])}, "
-          f"after {tuple(round(x, 2) for x in info['loadavg_after'])}")
+          f"python {info['python']}, load average before {info['loadavg']}, "
+          f"after {info['loadavg_after']}")
     print(f"model: DCGAN width {args.width}, z_dim {args.z_dim}, {args.channels} channel(s), untrained weights; "
           f"batch size {args.batch_size}; best of {args.repeats}")
     print()

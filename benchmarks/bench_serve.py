@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -27,6 +25,7 @@ import time
 from pathlib import Path
 
 import httpx
+from machine import loadavg, machine_info
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,22 +108,6 @@ def run_clients(base: str, clients: int, per_client: int, n: int, seed0: int) ->
     }
 
 
-def machine_info() -> dict:
-    import torch
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform()}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, help="Run directory to serve (default: a fresh default-shape DCGAN).")
@@ -158,7 +141,7 @@ def main() -> None:
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
-    info = {**info_before, "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    info = {**info_before, "loadavg_after": loadavg()}
     print()
     print("| batching | clients | requests | errors | p50 ms | p95 ms | req/s | images/s | mean model batch |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
