@@ -286,3 +286,45 @@ def _run_without_best(tiny_npz: Path, tmp_path: Path) -> Path:
     run = tmp_path / "nobest"
     train(tiny_cfg(tiny_npz, run, steps=2), progress=False, log=lambda m: None)
     return run
+
+
+@pytest.mark.integration
+def test_cli_eval_on_a_run_and_on_two_image_sets(tiny_npz: Path, tmp_path: Path) -> None:
+    """`latentforge eval RUN` and `eval --real --fake` print the metrics with their protocol and
+    write JSON; the real Inception weights are used, on 20 images a side."""
+    import os
+
+    env = {**os.environ, "LATENTFORGE_CACHE": str(tmp_path / "cache")}
+    run = tmp_path / "g"
+    train(tiny_cfg(tiny_npz, run), progress=False, log=lambda m: None)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "latentforge", *args], capture_output=True, text=True,
+                              timeout=600, env=env)
+
+    r = cli("eval", str(run), "--ref", str(tiny_npz), "--n", "20", "--metrics", "fid,kid,memorization",
+            "--json", str(tmp_path / "run.json"))
+    assert r.returncode == 0, r.stderr
+    assert "FID" in r.stdout and "n_fake: 20" in r.stdout and "sha256" in r.stdout
+    res = json.loads((tmp_path / "run.json").read_text())
+    assert res["fid"] > 0 and res["protocol"]["n_fake"] == 20 and res["run"] == str(run)
+    assert "memorization" in res and (tmp_path / "memorization_pairs.png").is_file()
+
+    fake_dir = tmp_path / "fakes"
+    assert cli("sample", str(run), "--n", "20", "--outdir", str(fake_dir)).returncode == 0
+    r = cli("eval", "--real", str(tiny_npz), "--fake", str(fake_dir), "--n", "20", "--metrics", "fid,pr",
+            "--json", str(tmp_path / "sets.json"))
+    assert r.returncode == 0, r.stderr
+    sets = json.loads((tmp_path / "sets.json").read_text())
+    assert sets["fid"] > 0 and 0 <= sets["precision"] <= 1 and 0 <= sets["recall"] <= 1
+    # a set against itself (all 64 images, so both sides are the same set): FID ~ 0, precision = recall = 1
+    r = cli("eval", "--real", str(tiny_npz), "--fake", str(tiny_npz), "--n", "64", "--metrics", "fid,pr",
+            "--json", str(tmp_path / "self.json"))
+    assert r.returncode == 0, r.stderr
+    same = json.loads((tmp_path / "self.json").read_text())
+    assert abs(same["fid"]) < 1e-3 and same["precision"] == 1 and same["recall"] == 1
+
+    r = cli("eval", str(run), "--metrics", "fid,sharpness")
+    assert r.returncode == 2 and "unknown metric" in r.stderr
+    r = cli("eval", "--real", str(tiny_npz))
+    assert r.returncode == 2 and "--fake" in r.stderr
