@@ -206,9 +206,13 @@ def test_ctrl_c_saves_and_resume_finishes(tiny_npz: Path, tmp_path: Path) -> Non
     assert 3 <= step < 100000
     logged = max(r["step"] for r in read_jsonl(run / "metrics.jsonl"))
     assert logged == step  # nothing logged beyond the checkpoint
-    r = run_cli("train", *[a if a != "100000" else str(step + 2) for a in args[1:]], "--resume")
+    # resuming needs only the run and how far to go: the run's own settings are used
+    r = run_cli("train", "--out", str(run), "--steps", str(step + 2), "--resume", "--quiet")
     assert r.returncode == 0, r.stderr
     assert load_state(run / "state.pt")["step"] == step + 2
+    assert json.loads((run / "config.json").read_text())["width"] == 8
+    r = run_cli("train", "--out", str(run), "--model", "vae", "--resume")
+    assert r.returncode == 2 and "cannot change to vae" in r.stderr
 
 
 # ------------------------------------------------------------------------------------ real data

@@ -59,14 +59,14 @@ def main() -> None:
 
 @app.command()
 def train(
-    model: str = typer.Option("dcgan", help="Model: vae or dcgan."),
-    data: str = typer.Option("fashion-mnist:train", help="Built-in data set (fashion-mnist, mnist[:train|:test]), a folder of images, or an .npz file."),
-    res: int = typer.Option(32, "--res", help="Resolution in pixels: 28, 32, 64 or 128."),
-    steps: int = typer.Option(2000, help="Optimizer steps to train (in total, counting earlier ones on --resume)."),
+    model: Optional[str] = typer.Option(None, help="Model: vae or dcgan.  [default: dcgan]"),
+    data: Optional[str] = typer.Option(None, help="Built-in data set (fashion-mnist, mnist[:train|:test]), a folder of images, or an .npz file.  [default: fashion-mnist:train]"),
+    res: Optional[int] = typer.Option(None, "--res", help="Resolution in pixels: 28, 32, 64 or 128.  [default: 32]"),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps to train, in total (on --resume: how far to continue).  [default: 2000]"),
     out: Path = typer.Option(Path("runs/run"), help="Run directory to create (or to continue with --resume)."),
     batch_size: int = typer.Option(64, help="Images per step."),
     seed: int = typer.Option(0, help="Seed for weights, data order and noise."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint, with its own settings (only --steps may change)."),
     channels: Optional[int] = typer.Option(None, help="1 or 3 image channels; default: the data set's own."),
     z_dim: Optional[int] = typer.Option(None, help="Latent size; default 100 (dcgan) or 32 (vae)."),
     width: int = typer.Option(64, help="Base channel count of the networks."),
@@ -86,15 +86,24 @@ def train(
 
     Example: latentforge train --model vae --data fashion-mnist --res 32 --steps 2000 --out runs/vae
     """
-    from .config import TrainConfig
+    from .config import TrainConfig, read_run_config
     from .train import train as run_training
 
-    cfg = TrainConfig(
-        model=model, data=data, out=str(out), resolution=res, channels=channels, steps=steps, batch_size=batch_size,
-        lr=lr, seed=seed, z_dim=z_dim, width=width, recon_loss=recon_loss, beta=beta, log_every=log_every,
-        sample_every=sample_every, checkpoint_every=checkpoint_every, eval_every=eval_every, eval_n=eval_n,
-        eval_ref=eval_ref, device=device,
-    )
+    if resume:
+        cfg, _ = read_run_config(out)  # the run's own settings; a user error if out holds no run
+        for flag, given, saved in (("--model", model, cfg.model), ("--data", data, cfg.data), ("--res", res, cfg.resolution)):
+            if given is not None and given != saved:
+                raise UserError(f"--resume: {out} was trained with {flag} {saved}; it cannot change to {given}")
+        if steps is not None:
+            cfg.steps = steps
+    else:
+        cfg = TrainConfig(
+            model="dcgan" if model is None else model, data="fashion-mnist:train" if data is None else data,
+            out=str(out), resolution=32 if res is None else res, channels=channels,
+            steps=2000 if steps is None else steps, batch_size=batch_size, lr=lr, seed=seed, z_dim=z_dim, width=width,
+            recon_loss=recon_loss, beta=beta, log_every=log_every, sample_every=sample_every,
+            checkpoint_every=checkpoint_every, eval_every=eval_every, eval_n=eval_n, eval_ref=eval_ref, device=device,
+        )
     result = run_training(cfg, resume=resume, progress=not quiet, log=lambda m: console.print(m, highlight=False))
     samples = sorted((result.run_dir / "samples").glob("step_*.png"))
     console.print(f"run: {result.run_dir}  step {result.step}  ({result.elapsed:.0f} s of training)", highlight=False)

@@ -155,8 +155,7 @@ def generate_images(nets: dict[str, nn.Module], cfg: TrainConfig, seeds: list[in
 
 
 def _make_optimizers(nets: dict[str, nn.Module], cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
-    return {role: torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2)) for role, net in nets.items()
-            if role != "D" or cfg.family == "gan"}
+    return {role: torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2)) for role, net in nets.items()}
 
 
 class _StopFlag:
