@@ -79,6 +79,14 @@ def train(
     eval_every: int = typer.Option(0, help="Steps between in-training FID/KID evaluations (0 = off)."),
     eval_n: int = typer.Option(1000, help="Images per in-training evaluation."),
     eval_ref: Optional[str] = typer.Option(None, help="Reference data for evaluation; default: the test split."),
+    loss: str = typer.Option("ns", help="GAN loss: ns (non-saturating, Goodfellow et al. 2014), hinge (Lim & Ye 2017; Miyato et al. 2018) or wgan (Arjovsky et al. 2017)."),
+    gp_weight: float = typer.Option(0.0, help="WGAN-GP gradient penalty weight (Gulrajani et al. 2017 use 10); 0 = off."),
+    r1_gamma: float = typer.Option(0.0, help="R1 penalty gamma on real data (Mescheder et al. 2018); 0 = off."),
+    n_critic: int = typer.Option(1, help="Discriminator steps per generator step (Arjovsky et al. 2017 use 5); each takes the next data batch."),
+    spectral_norm: bool = typer.Option(False, "--spectral-norm", help="Spectral normalization on every discriminator layer, no batch norm in D (Miyato et al. 2018)."),
+    lr_d: Optional[float] = typer.Option(None, help="Discriminator learning rate, two time-scale update rule (Heusel et al. 2017); default: --lr."),
+    ema_decay: float = typer.Option(0.0, help="Keep an exponential moving average of G's weights, used for sampling (Karras et al. 2018; Yazici et al. 2019), e.g. 0.999; 0 = off."),
+    augment: str = typer.Option("", help="Differentiable augmentation of every image D sees (Zhao et al. 2020): comma-separated from color, translation, cutout; empty = off."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -103,6 +111,8 @@ def train(
             steps=2000 if steps is None else steps, batch_size=batch_size, lr=lr, seed=seed, z_dim=z_dim, width=width,
             recon_loss=recon_loss, beta=beta, log_every=log_every, sample_every=sample_every,
             checkpoint_every=checkpoint_every, eval_every=eval_every, eval_n=eval_n, eval_ref=eval_ref, device=device,
+            loss=loss, gp_weight=gp_weight, r1_gamma=r1_gamma, n_critic=n_critic, spectral_norm=spectral_norm,
+            lr_d=lr_d, ema_decay=ema_decay, augment=augment,
         )
     result = run_training(cfg, resume=resume, progress=not quiet, log=lambda m: console.print(m, highlight=False))
     samples = sorted((result.run_dir / "samples").glob("step_*.png"))

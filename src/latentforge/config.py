@@ -15,6 +15,17 @@ from typing import Any
 SUPPORTED_RESOLUTIONS = (28, 32, 64, 128)
 MODEL_NAMES = ("vae", "dcgan")
 RECON_LOSSES = ("bce", "mse")
+GAN_LOSS_NAMES = ("ns", "hinge", "wgan")
+AUGMENT_POLICIES = ("color", "translation", "cutout")  # DiffAugment (Zhao et al. 2020); see augment.py
+
+
+def parse_augment(policy: str) -> list[str]:
+    """"color,translation" -> ["color", "translation"]; "" -> []; unknown names raise ConfigError."""
+    names = [p.strip() for p in policy.split(",") if p.strip()]
+    bad = [p for p in names if p not in AUGMENT_POLICIES]
+    if bad:
+        raise ConfigError(f"unknown augment policy {', '.join(bad)!s}; choose from: {', '.join(AUGMENT_POLICIES)}")
+    return names
 
 
 class ConfigError(ValueError):
@@ -31,12 +42,22 @@ class TrainConfig:
     channels: int | None = None  # 1 or 3; None = the data set's own
 
     # optimisation
-    steps: int = 2000  # optimizer steps (for GANs: one D step + one G step)
+    steps: int = 2000  # optimizer steps (for GANs: n_critic D steps + one G step)
     batch_size: int = 64  # images per step
     lr: float | None = None  # Adam learning rate; None = 2e-4 for GANs (DCGAN paper), 1e-3 for VAEs
     beta1: float | None = None  # Adam beta1; None = 0.5 for GANs (DCGAN paper), 0.9 for VAEs
     beta2: float = 0.999  # Adam beta2
     seed: int = 0  # seeds weights, data order, noise
+
+    # GAN training techniques (each off by default: the defaults are the DCGAN recipe)
+    loss: str = "ns"  # "ns": non-saturating (Goodfellow 2014); "hinge" (Lim & Ye 2017); "wgan" (Arjovsky 2017)
+    gp_weight: float = 0.0  # WGAN-GP gradient penalty weight (Gulrajani et al. 2017 use 10); 0 = off
+    r1_gamma: float = 0.0  # R1 penalty gamma on real data (Mescheder et al. 2018); 0 = off
+    n_critic: int = 1  # D steps per G step; D step i of step s uses data batch s * n_critic + i
+    spectral_norm: bool = False  # spectral normalization on every D layer, D without batch norm (Miyato 2018)
+    lr_d: float | None = None  # discriminator learning rate (TTUR, Heusel et al. 2017); None = lr
+    ema_decay: float = 0.0  # EMA of G's weights (Karras 2018; Yazici 2019), e.g. 0.999; 0 = off
+    augment: str = ""  # DiffAugment policy (Zhao et al. 2020), e.g. "color,translation,cutout"; "" = off
 
     # model shape
     z_dim: int | None = None  # latent size; None = 100 for dcgan (paper), 32 for vae
@@ -82,6 +103,19 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ConfigError(f"Adam betas must lie in [0, 1), got ({self.beta1}, {self.beta2})")
+        if self.lr_d is None:
+            self.lr_d = self.lr
+        if self.lr_d <= 0:
+            raise ConfigError(f"lr_d must be positive, got {self.lr_d}")
+        if self.loss not in GAN_LOSS_NAMES:
+            raise ConfigError(f"loss must be one of {GAN_LOSS_NAMES}, got {self.loss!r}")
+        if self.gp_weight < 0 or self.r1_gamma < 0:
+            raise ConfigError(f"gp_weight and r1_gamma must be >= 0, got {self.gp_weight} and {self.r1_gamma}")
+        if self.n_critic < 1:
+            raise ConfigError(f"n_critic must be >= 1, got {self.n_critic}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        parse_augment(self.augment)
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta}")
         if self.gaussian_sigma <= 0:

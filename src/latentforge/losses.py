@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -90,3 +91,57 @@ def g_loss_nonsaturating(fake_logits: torch.Tensor) -> torch.Tensor:
     log(1 - D(G(z))), which saturates early in training when D rejects samples confidently.
     """
     return F.softplus(-fake_logits).mean()
+
+
+def d_loss_hinge(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Hinge discriminator loss: E[relu(1 - D(x))] + E[relu(1 + D(G(z)))], batch means.
+
+    Lim & Ye 2017 ("Geometric GAN"); used by Miyato et al. 2018 (SN-GAN). D outputs raw scores.
+    """
+    return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+
+
+def g_loss_hinge(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Hinge generator loss: -E[D(G(z))]. Lim & Ye 2017; Miyato et al. 2018."""
+    return -fake_logits.mean()
+
+
+def d_loss_wasserstein(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Wasserstein critic loss: E[D(G(z))] - E[D(x)] (minimized, i.e. the critic maximizes
+    E[D(x)] - E[D(G(z))]). Arjovsky, Chintala & Bottou 2017. Needs a Lipschitz constraint on D:
+    the gradient penalty (`gradient_penalty`) or spectral normalization."""
+    return fake_logits.mean() - real_logits.mean()
+
+
+def g_loss_wasserstein(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Wasserstein generator loss: -E[D(G(z))]. Arjovsky et al. 2017."""
+    return -fake_logits.mean()
+
+
+# name -> (discriminator loss, generator loss); the `loss` field of TrainConfig picks one
+GAN_LOSSES = {
+    "ns": (d_loss_nonsaturating, g_loss_nonsaturating),
+    "hinge": (d_loss_hinge, g_loss_hinge),
+    "wgan": (d_loss_wasserstein, g_loss_wasserstein),
+}
+
+
+def gradient_penalty(D: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP: E[(||grad_x D(x_hat)||_2 - 1)^2], x_hat = a * real + (1 - a) * fake, a ~ U(0, 1)
+    per example. Gulrajani et al. 2017, eq. 3 (they weight it by lambda = 10).
+
+    create_graph=True so the penalty itself can be backpropagated into D's weights. The
+    penalty is per example only if D treats examples independently (no batch norm in train mode).
+    """
+    a = torch.rand(real.shape[0], *([1] * (real.ndim - 1)), device=real.device, dtype=real.dtype)
+    x_hat = (a * real.detach() + (1 - a) * fake.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(D(x_hat).sum(), x_hat, create_graph=True)
+    return (grad.flatten(1).norm(2, dim=1) - 1).pow(2).mean()
+
+
+def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """R1: E[||grad_x D(x)||^2] on real data. Mescheder, Geiger & Nowozin 2018, eq. 9; the caller
+    adds gamma / 2 times it to the discriminator loss. `real` must require grad and
+    `real_logits` = D(real) must have been computed from it."""
+    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()

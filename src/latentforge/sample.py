@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from .checkpoint import WEIGHTS, load_weights
@@ -105,9 +106,11 @@ class Model:
         return to_uint8(self.decode(mu)).cpu()
 
 
-def load(run_dir: str | Path, device: str = "auto", checkpoint: str = "latest") -> Model:
+def load(run_dir: str | Path, device: str = "auto", checkpoint: str = "latest", ema: bool = True) -> Model:
     """Load a run directory. `checkpoint` is "latest" (model.safetensors) or "best"
-    (best/model.safetensors, kept by in-training evaluation)."""
+    (best/model.safetensors, kept by in-training evaluation). For a GAN trained with
+    --ema-decay, `ema=True` loads the moving average of the generator (`G_ema.` weights) as
+    the model's G; `ema=False` loads the raw generator."""
     run_dir = Path(run_dir)
     cfg, payload = read_run_config(run_dir)
     if checkpoint == "latest":
@@ -122,9 +125,14 @@ def load(run_dir: str | Path, device: str = "auto", checkpoint: str = "latest") 
     info = payload.get("data_info") or {}
     dev = resolve_device(device)
     nets = build_networks(cfg, int(info.get("channels", cfg.channels or 1)))
-    roles = ("G",) if cfg.family == "gan" else ("vae",)
-    nets = {r: n for r, n in nets.items() if r in roles}  # the discriminator is not needed to sample
-    load_weights(nets, path, roles=roles)
+    if cfg.family == "gan":  # the discriminator is not needed to sample
+        with safe_open(str(path), framework="pt") as f:
+            has_ema = any(k.startswith("G_ema.") for k in f.keys())
+        role = "G_ema" if ema and has_ema else "G"
+        load_weights({role: nets["G"]}, path)  # the EMA weights go into a plain generator
+        nets = {"G": nets["G"]}
+    else:
+        load_weights(nets, path, roles=("vae",))
     for net in nets.values():
         net.to(dev).eval()
     return Model(config=cfg, info=info, nets=nets, device=dev, run_dir=run_dir, checkpoint=checkpoint)

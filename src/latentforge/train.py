@@ -1,6 +1,7 @@
 """Training: one visible step function per family, and the loop that drives them.
 
-    gan_step  one discriminator update, then one generator update (DCGAN recipe)
+    gan_step  n_critic discriminator updates, one generator update, then the EMA of G
+              (defaults: the DCGAN recipe; the loss, penalties, augmentation are parameters)
     vae_step  one update on the negative ELBO
     train     data -> networks -> loop (log, sample, evaluate, checkpoint) -> run directory
 
@@ -12,13 +13,14 @@ a second one aborts at once.
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -27,7 +29,8 @@ from . import __version__
 from .checkpoint import STATE, WEIGHTS, append_jsonl, load_state, load_weights, save_state, save_weights, truncate_jsonl
 from .config import ConfigError, TrainConfig, read_run_config
 from .images import save_grid, to_float, to_uint8
-from .losses import d_loss_nonsaturating, g_loss_nonsaturating, negative_elbo
+from .augment import diff_augment
+from .losses import GAN_LOSSES, gradient_penalty, negative_elbo, r1_penalty
 from .models import build_networks
 
 SAMPLE_GRID_SEEDS = range(64)  # the fixed latents behind every samples/step_XXXXXX.png
@@ -89,31 +92,76 @@ class BatchOrder:
 
 
 def gan_step(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, opt_D: torch.optim.Optimizer,
-             real: torch.Tensor, z_dim: int) -> dict[str, float]:
-    """One DCGAN step with the non-saturating loss: update D on real vs fake, then G against the new D."""
-    z = torch.randn(real.shape[0], z_dim, device=real.device)  # (B, z_dim)
-    fake = G(z)  # (B, C, H, W)
+             real: torch.Tensor | Sequence[torch.Tensor], z_dim: int, *, loss: str = "ns", gp_weight: float = 0.0,
+             r1_gamma: float = 0.0, augment: str = "", G_ema: nn.Module | None = None,
+             ema_decay: float = 0.0) -> dict[str, float]:
+    """One GAN step: D update(s) on real vs fake, then G against the new D, then the EMA of G.
 
-    # 1. discriminator: push D(x) up and D(G(z)) down; fake is detached so G gets no gradient here
-    real_logits, fake_logits = D(real), D(fake.detach())
-    loss_D = d_loss_nonsaturating(real_logits, fake_logits)
-    opt_D.zero_grad(set_to_none=True)
-    loss_D.backward()
-    opt_D.step()
+    `real` is one batch per D step (a single tensor = one D step; n_critic = the number of batches).
+    `loss` names a pair in losses.GAN_LOSSES; `gp_weight` adds the WGAN-GP penalty, `r1_gamma`
+    the R1 penalty (times gamma / 2); `augment` is a DiffAugment policy applied to every image D
+    sees. With the defaults this is exactly the DCGAN step with the non-saturating loss.
+    """
+    d_loss_fn, g_loss_fn = GAN_LOSSES[loss]
+    reals = [real] if isinstance(real, torch.Tensor) else list(real)
+    aug = (lambda x: diff_augment(x, augment)) if augment else (lambda x: x)  # noqa: E731
+    logs: dict[str, float] = {}
 
-    # 2. generator: fool the just-updated discriminator
-    gen_logits = D(fake)
-    loss_G = g_loss_nonsaturating(gen_logits)
+    # 1. discriminator, n_critic times: push D(x) up and D(G(z)) down; fake is detached so G gets
+    #    no gradient here
+    for real_i in reals:
+        z = torch.randn(real_i.shape[0], z_dim, device=real_i.device)  # (B, z_dim)
+        fake = G(z)  # (B, C, H, W)
+        real_in = aug(real_i)
+        if r1_gamma > 0:  # R1 differentiates D(x) w.r.t. the (augmented) image D sees
+            real_in = real_in.detach().requires_grad_(True)
+        fake_in = aug(fake.detach())
+        real_logits, fake_logits = D(real_in), D(fake_in)
+        loss_D = d_loss_fn(real_logits, fake_logits)
+        total_D = loss_D
+        if gp_weight > 0:
+            gp = gradient_penalty(D, real_in, fake_in)
+            total_D = total_D + gp_weight * gp
+            logs["loss/gp"] = gp.item()
+        if r1_gamma > 0:
+            r1 = r1_penalty(real_logits, real_in)
+            total_D = total_D + r1_gamma / 2 * r1
+            logs["loss/r1"] = r1.item()
+        opt_D.zero_grad(set_to_none=True)
+        total_D.backward()
+        opt_D.step()
+
+    # 2. generator: fool the just-updated discriminator, on the last D step's fakes
+    gen_logits = D(aug(fake))
+    loss_G = g_loss_fn(gen_logits)
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()
 
-    return {
-        "loss/D": loss_D.item(),
-        "loss/G": loss_G.item(),
-        "D(x)": torch.sigmoid(real_logits).mean().item(),
-        "D(G(z))": torch.sigmoid(fake_logits).mean().item(),
-    }
+    # 3. exponential moving average of G's weights
+    if G_ema is not None:
+        ema_update(G_ema, G, ema_decay)
+
+    out = {"loss/D": loss_D.item(), "loss/G": loss_G.item()}
+    if loss == "ns":  # probabilities only mean something for the sigmoid (non-saturating) loss
+        out["D(x)"] = torch.sigmoid(real_logits).mean().item()
+        out["D(G(z))"] = torch.sigmoid(fake_logits).mean().item()
+    return {**out, **logs}
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
+    """p_ema <- decay * p_ema + (1 - decay) * p for every parameter; buffers (batch-norm running
+    statistics) are copied. Karras et al. 2018 (Progressive GAN); Yazici et al. 2019."""
+    for p_ema, p in zip(ema.parameters(), net.parameters(), strict=True):
+        p_ema.mul_(decay).add_(p, alpha=1 - decay)
+    for b_ema, b in zip(ema.buffers(), net.buffers(), strict=True):
+        b_ema.copy_(b)
+
+
+def make_ema(G: nn.Module) -> nn.Module:
+    """A frozen copy of G to hold its exponential moving average (saved as "G_ema.")."""
+    return copy.deepcopy(G).requires_grad_(False)
 
 
 def vae_step(vae: nn.Module, opt: torch.optim.Optimizer, real: torch.Tensor, cfg: TrainConfig) -> dict[str, float]:
@@ -141,7 +189,7 @@ class RunState:
 def generate_images(nets: dict[str, nn.Module], cfg: TrainConfig, seeds: list[int] | range,
                     device: torch.device, batch_size: int = 256) -> torch.Tensor:
     """uint8 (N, C, H, W) images for the given seeds, networks in eval mode (restored after)."""
-    net = nets["G"] if cfg.family == "gan" else nets["vae"]
+    net = nets.get("G_ema", nets["G"]) if cfg.family == "gan" else nets["vae"]  # the EMA copy when kept
     was_training = net.training
     net.eval()
     out = []
@@ -155,7 +203,9 @@ def generate_images(nets: dict[str, nn.Module], cfg: TrainConfig, seeds: list[in
 
 
 def _make_optimizers(nets: dict[str, nn.Module], cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
-    return {role: torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2)) for role, net in nets.items()}
+    lrs = {"G": cfg.lr, "D": cfg.lr_d, "vae": cfg.lr}  # G_ema has no optimizer: it follows G
+    return {role: torch.optim.Adam(nets[role].parameters(), lr=lrs[role], betas=(cfg.beta1, cfg.beta2))
+            for role in nets if role in lrs}
 
 
 class _StopFlag:
@@ -216,6 +266,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     images = data.images.to(device)  # uint8 (N, C, H, W), kept whole on the device
     channels = data.channels
     nets = {role: net.to(device) for role, net in build_networks(cfg, channels).items()}
+    if cfg.family == "gan" and cfg.ema_decay > 0:
+        nets["G_ema"] = make_ema(nets["G"])
     opts = _make_optimizers(nets, cfg)
     order = BatchOrder(len(images), cfg.batch_size, cfg.seed)
 
@@ -285,10 +337,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                 interrupted = True
                 break
             t0 = time.perf_counter()
-            real = to_float(images[order.indices(state.step)])  # (B, C, H, W) in [-1, 1]
             if cfg.family == "gan":
-                out = gan_step(nets["G"], nets["D"], opts["G"], opts["D"], real, cfg.z_dim)
+                # D step i of step s takes batch s * n_critic + i: fresh data, a pure function of the step
+                reals = [to_float(images[order.indices(state.step * cfg.n_critic + i)]) for i in range(cfg.n_critic)]
+                out = gan_step(nets["G"], nets["D"], opts["G"], opts["D"], reals, cfg.z_dim, loss=cfg.loss,
+                               gp_weight=cfg.gp_weight, r1_gamma=cfg.r1_gamma, augment=cfg.augment,
+                               G_ema=nets.get("G_ema"), ema_decay=cfg.ema_decay)
             else:
+                real = to_float(images[order.indices(state.step)])  # (B, C, H, W) in [-1, 1]
                 out = vae_step(nets["vae"], opts["vae"], real, cfg)
             state.step += 1
             state.elapsed += time.perf_counter() - t0

@@ -12,7 +12,8 @@ __all__ = ["build_networks", "DCGANConfig", "Generator", "Discriminator", "VAE",
 
 
 def _build_dcgan(cfg: TrainConfig, channels: int) -> dict[str, nn.Module]:
-    mc = DCGANConfig(resolution=cfg.resolution, img_channels=channels, z_dim=cfg.z_dim, width=cfg.width)
+    mc = DCGANConfig(resolution=cfg.resolution, img_channels=channels, z_dim=cfg.z_dim, width=cfg.width,
+                     spectral_norm=cfg.spectral_norm)
     return {"G": Generator(mc), "D": Discriminator(mc)}
 
 

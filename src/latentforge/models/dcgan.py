@@ -12,6 +12,13 @@ and a stride-2 conv with kernel 4 and padding 1 maps 2H -> H exactly, so
 The first transposed conv (kernel = base, stride 1, padding 0) maps 1x1 -> base x base, and
 the discriminator's last conv (kernel = base) maps base x base -> 1x1. Both networks are built
 from the same (base, n_up) pair, so they cannot disagree about the image size.
+
+Spectral normalization (Miyato, Kataoka, Koyama & Yoshida, "Spectral Normalization for
+Generative Adversarial Networks", ICLR 2018): with `spectral_norm=True` every conv of the
+discriminator divides its weight by an estimate of its largest singular value (one power
+iteration per forward in train mode), and the discriminator has no batch norm, as in SN-GAN.
+The parametrization keeps its own state (`parametrizations.weight.original`, `._u`, `._v`),
+which is saved and loaded with the rest of the state dict.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ class DCGANConfig:
     img_channels: int = 1  # 1 (grayscale) or 3 (RGB)
     z_dim: int = 100  # latent size (paper: 100)
     width: int = 64  # ngf = ndf: channels of the layer next to the image; doubled per layer inward
+    spectral_norm: bool = False  # discriminator: spectral norm on every conv, no batch norm (SN-GAN)
 
     def __post_init__(self) -> None:
         layout(self.resolution)  # raises on an unsupported resolution
@@ -95,11 +103,16 @@ class Discriminator(nn.Module):
             nn.LeakyReLU(0.2, inplace=True),
         ]
         for _ in range(n_up - 1):  # each block: (N, ch, 2s, 2s) -> (N, 2ch, s, s)
-            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, inplace=True)]
+            norm = nn.Identity() if cfg.spectral_norm else nn.BatchNorm2d(ch * 2)
+            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), norm, nn.LeakyReLU(0.2, inplace=True)]
             ch *= 2
         layers += [nn.Conv2d(ch, 1, base, 1, 0, bias=False)]  # (N, 1, 1, 1): one logit per image
         self.net = nn.Sequential(*layers)
         self.apply(init_weights)
+        if cfg.spectral_norm:  # after init: the parametrization wraps the initialized weight
+            for m in self.net:
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    nn.utils.parametrizations.spectral_norm(m)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """images (N, C, res, res) -> logits (N,). `c` must be None (unconditional)."""

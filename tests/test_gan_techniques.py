@@ -1,0 +1,230 @@
+"""GAN training techniques: losses and penalties on hand-checkable cases, spectral norm, EMA,
+differentiable augmentation, one step of each variant, and exact resume with them on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+import latentforge
+from latentforge.augment import diff_augment
+from latentforge.checkpoint import load_weights, save_weights
+from latentforge.config import ConfigError, TrainConfig
+from latentforge.losses import (d_loss_hinge, d_loss_wasserstein, g_loss_hinge, g_loss_wasserstein,
+                                gradient_penalty, r1_penalty)
+from latentforge.models import DCGANConfig, Discriminator, Generator
+from latentforge.train import ema_update, gan_step, make_ema, train
+
+
+class LinearCritic(nn.Module):
+    """D(x) = <w, x>: its gradient is w everywhere."""
+
+    def __init__(self, w: torch.Tensor):
+        super().__init__()
+        self.w = nn.Parameter(w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.w
+
+
+def _w_with_norm(norm: float, d: int = 12) -> torch.Tensor:
+    w = torch.randn(d, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return w / w.norm() * norm
+
+
+def test_gradient_penalty_of_a_linear_critic() -> None:
+    D = LinearCritic(_w_with_norm(3.0))
+    real, fake = torch.randn(5, 3, 2, 2, dtype=torch.float64), torch.randn(5, 3, 2, 2, dtype=torch.float64)
+    gp = gradient_penalty(D, real, fake)
+    assert gp.item() == pytest.approx(4.0, abs=1e-9)  # (||w|| - 1)^2 = (3 - 1)^2
+    gp.backward()  # create_graph=True: the penalty reaches the critic's weights
+    assert D.w.grad is not None and D.w.grad.abs().sum() > 0
+
+
+def test_r1_of_a_linear_critic() -> None:
+    D = LinearCritic(_w_with_norm(3.0))
+    real = torch.randn(5, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert r1_penalty(D(real), real).item() == pytest.approx(9.0, abs=1e-9)  # ||w||^2
+
+
+def test_hinge_and_wasserstein_values() -> None:
+    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.0])
+    # relu(1 - real) = [0, 0.5, 2] -> mean 2.5/3; relu(1 + fake) = [0, 1, 2] -> mean 1
+    assert d_loss_hinge(real, fake).item() == pytest.approx(2.5 / 3 + 1.0)
+    assert g_loss_hinge(fake).item() == pytest.approx(1.0 / 3)  # -mean(fake) = -(-1/3)
+    assert d_loss_wasserstein(real, fake).item() == pytest.approx(-1 / 3 - 0.5)  # mean(fake) - mean(real)
+    assert g_loss_wasserstein(fake).item() == pytest.approx(1.0 / 3)
+
+
+def _dcgan(spectral_norm: bool = False, seed: int = 0) -> tuple[Generator, Discriminator]:
+    torch.manual_seed(seed)
+    mc = DCGANConfig(resolution=28, img_channels=1, z_dim=8, width=8, spectral_norm=spectral_norm)
+    return Generator(mc), Discriminator(mc)
+
+
+def test_spectral_norm_bounds_singular_values_and_drops_batch_norm() -> None:
+    _, D = _dcgan(spectral_norm=True)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in D.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in _dcgan()[1].modules())
+    D.train()
+    for _ in range(10):  # power iterations
+        D(torch.randn(4, 1, 28, 28))
+    convs = [m for m in D.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 3
+    for m in convs:
+        assert nn.utils.parametrize.is_parametrized(m, "weight")
+        with torch.no_grad():
+            sigma = torch.linalg.matrix_norm(m.weight.reshape(m.weight.shape[0], -1), ord=2).item()
+            raw = torch.linalg.matrix_norm(m.parametrizations.weight.original.reshape(m.weight.shape[0], -1), ord=2)
+        assert sigma <= 1 + 1e-2
+        assert sigma >= 0.9 and raw.item() != pytest.approx(1.0, abs=1e-2)  # normalized, not already unit
+
+
+def test_spectral_norm_weights_save_and_load_back(tmp_path: Path) -> None:
+    _, D = _dcgan(spectral_norm=True, seed=0)
+    D.train()
+    for _ in range(3):
+        D(torch.randn(4, 1, 28, 28))
+    save_weights({"D": D}, tmp_path / "w.safetensors")
+    _, D2 = _dcgan(spectral_norm=True, seed=1)
+    x = torch.randn(4, 1, 28, 28)
+    D.eval(), D2.eval()
+    assert not torch.equal(D(x), D2(x))
+    load_weights({"D": D2}, tmp_path / "w.safetensors")
+    assert torch.equal(D(x), D2(x))
+
+
+def test_ema_update_arithmetic_and_buffers() -> None:
+    G, _ = _dcgan()
+    G_ema = make_ema(G)
+    assert all(not p.requires_grad for p in G_ema.parameters())
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(torch.randn_like(p))
+    G.train()
+    G(torch.randn(4, 8))  # moves the batch-norm running statistics
+    old = [p.clone() for p in G_ema.parameters()]
+    d = 0.9
+    ema_update(G_ema, G, d)
+    for p_old, p_new, p_ema in zip(old, G.parameters(), G_ema.parameters()):
+        assert not torch.equal(p_old, p_new)
+        assert torch.allclose(p_ema, d * p_old + (1 - d) * p_new, atol=1e-7, rtol=0)
+    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+        assert torch.equal(b_ema, b)
+
+
+def test_augment_is_differentiable_and_keeps_shapes() -> None:
+    for c in (1, 3):
+        x = torch.randn(4, c, 28, 28, requires_grad=True)
+        y = diff_augment(x, "color,translation,cutout")
+        assert y.shape == x.shape
+        (y * torch.randn_like(y)).sum().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0
+        assert not torch.equal(y, x)
+    x = torch.randn(2, 3, 32, 32)
+    assert diff_augment(x, "") is x
+    for name in ("color", "translation", "cutout"):
+        assert diff_augment(x, name).shape == x.shape
+    with pytest.raises(ConfigError, match="unknown augment policy"):
+        diff_augment(x, "color,flip")
+    with pytest.raises(ConfigError, match="augment"):
+        TrainConfig(augment="rotate")
+
+
+def test_config_validation() -> None:
+    assert TrainConfig().lr_d == TrainConfig().lr
+    assert TrainConfig(lr_d=1e-3).lr_d == 1e-3
+    for bad in (dict(loss="lsgan"), dict(n_critic=0), dict(ema_decay=1.0), dict(gp_weight=-1), dict(lr_d=0)):
+        with pytest.raises(ConfigError):
+            TrainConfig(**bad)
+
+
+VARIANTS = {
+    "ns": dict(),
+    "hinge": dict(loss="hinge"),
+    "wgan-gp": dict(loss="wgan", gp_weight=10.0),
+    "ns-r1": dict(r1_gamma=10.0),
+    "spectral-norm": dict(loss="hinge"),
+    "augment": dict(augment="color,translation,cutout"),
+    "n-critic-2": dict(n_critic=2),
+    "ema": dict(ema=True),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_one_step_of_each_variant(name: str) -> None:
+    kw = dict(VARIANTS[name])
+    G, D = _dcgan(spectral_norm=name == "spectral-norm")
+    G_ema = make_ema(G) if kw.pop("ema", False) else None
+    n_critic = kw.pop("n_critic", 1)
+    opt_G = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    opt_D = torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    before = {role: {k: v.clone() for k, v in net.state_dict().items()} for role, net in (("G", G), ("D", D))}
+    ema_before = [p.clone() for p in G_ema.parameters()] if G_ema is not None else []
+    reals = [torch.rand(4, 1, 28, 28) * 2 - 1 for _ in range(n_critic)]
+    out = gan_step(G, D, opt_G, opt_D, reals, 8, G_ema=G_ema, ema_decay=0.5, **kw)
+    assert {"loss/D", "loss/G"} <= set(out)
+    assert all(torch.isfinite(torch.tensor(v)) for v in out.values())
+    assert ("loss/gp" in out) == (name == "wgan-gp") and ("loss/r1" in out) == (name == "ns-r1")
+    for role, net in (("G", G), ("D", D)):
+        params = [k for k, _ in net.named_parameters()]
+        assert params and all(not torch.equal(before[role][k], net.state_dict()[k]) for k in params), role
+    if G_ema is not None:
+        for p_old, p_new, p_ema in zip(ema_before, G.parameters(), G_ema.parameters()):
+            assert torch.allclose(p_ema, 0.5 * p_old + 0.5 * p_new, atol=1e-7, rtol=0)
+
+
+def tiny_cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(model="dcgan", data=str(data), out=str(out), resolution=28, steps=6, batch_size=8, width=8, z_dim=8,
+                log_every=2, sample_every=3, checkpoint_every=3, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_ema_run_saves_g_ema_and_load_prefers_it(tiny_npz: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ema"
+    train(tiny_cfg(tiny_npz, run, steps=3, ema_decay=0.5, spectral_norm=True), progress=False, log=lambda m: None)
+    w = load_file(str(run / "model.safetensors"))
+    ema_keys = {k[len("G_ema."):] for k in w if k.startswith("G_ema.")}
+    g_keys = {k[len("G."):] for k in w if k.startswith("G.")}
+    assert ema_keys and ema_keys == g_keys
+    assert any(k.startswith("D.") and "parametrizations" in k for k in w)
+    m = latentforge.load(run, device="cpu")
+    for k, v in m.nets["G"].state_dict().items():
+        assert torch.equal(v, w["G_ema." + k]), k
+    raw = latentforge.load(run, device="cpu", ema=False)
+    for k, v in raw.nets["G"].state_dict().items():
+        assert torch.equal(v, w["G." + k]), k
+    assert not torch.equal(m.sample_tensor(4), raw.sample_tensor(4))
+
+
+def test_resume_is_exact_with_ema_and_n_critic(tiny_npz: Path, tmp_path: Path) -> None:
+    kw = dict(ema_decay=0.99, n_critic=2, loss="hinge", augment="translation")
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(tiny_cfg(tiny_npz, straight, **kw), progress=False, log=lambda m: None)
+    train(tiny_cfg(tiny_npz, split, steps=3, **kw), progress=False, log=lambda m: None)
+    train(tiny_cfg(tiny_npz, split, steps=6, **kw), resume=True, progress=False, log=lambda m: None)
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(split / "model.safetensors"))
+    assert a.keys() == b.keys() and any(k.startswith("G_ema.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_cli_accepts_the_technique_flags(tiny_npz: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from latentforge.cli import app
+
+    out = tmp_path / "cli"
+    r = CliRunner().invoke(app, ["train", "--data", str(tiny_npz), "--res", "28", "--steps", "2", "--batch-size", "8",
+                                 "--width", "8", "--z-dim", "8", "--out", str(out), "--quiet", "--device", "cpu",
+                                 "--loss", "wgan", "--gp-weight", "10", "--r1-gamma", "0", "--n-critic", "2",
+                                 "--spectral-norm", "--lr-d", "4e-4", "--ema-decay", "0.9", "--augment", "color"])
+    assert r.exit_code == 0, r.output
+    cfg, _ = latentforge.config.read_run_config(out)
+    assert (cfg.loss, cfg.gp_weight, cfg.n_critic, cfg.spectral_norm, cfg.lr_d, cfg.ema_decay, cfg.augment) == \
+        ("wgan", 10.0, 2, True, 4e-4, 0.9, "color")
