@@ -492,6 +492,12 @@ def test_cli_generate_interpolate_info(cli, runs, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     meta = read_png_metadata(tmp_path / "grid.png")
     assert meta["seeds"] == "0-5" and meta["truncation"] == "0.7" and meta["synthetic image"] == "true"
+    # --scale, the same flag name as `latentforge sample --scale`, enlarges the grid
+    r = cli("generate", run, "--seeds", "0-5", "--scale", "3", "--out", tmp_path / "big.png")
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "big.png").size == tuple(3 * v for v in Image.open(tmp_path / "grid.png").size)
+    r = cli("generate", run, "--seeds", "0-5", "--scale", "0", "--out", tmp_path / "bad.png")
+    assert r.exit_code != 0 and "--scale" in str(r.exception)
     r = cli("generate", run, "--n", "5", "--seed", "3", "--outdir", tmp_path / "many", "--quiet")
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "many").iterdir()) == [f"seed{i:06d}.png" for i in range(3, 8)]

@@ -103,7 +103,7 @@ def generate(
     nrow: int = typer.Option(8, help="Images per grid row."),
     batch_size: int = typer.Option(256, help="Images generated per batch."),
     workers: Optional[int] = typer.Option(None, help="--outdir: threads encoding PNGs (0 = none); default: the cores torch leaves free."),
-    upscale: int = typer.Option(1, help="--out: enlarge the grid this many times (nearest neighbour)."),
+    upscale: int = typer.Option(1, "--scale", help="--out: enlarge the grid this many times (nearest neighbour)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     checkpoint: str = typer.Option("latest", help=CHECKPOINT_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
@@ -124,7 +124,7 @@ def generate(
     if seed < 0:
         raise _user_error(f"--seed must be >= 0, got {seed}")
     if batch_size <= 0 or (workers is not None and workers < 0) or upscale < 1 or nrow < 1:
-        raise _user_error("--batch-size, --nrow and --upscale must be positive and --workers >= 0")
+        raise _user_error("--batch-size, --nrow and --scale must be positive and --workers >= 0")
     seed_list = _seeds(seeds) if seeds is not None else list(range(seed, seed + (n or 0)))
     m = _load(run, checkpoint, device)
     with _as_user_errors():
@@ -153,7 +153,7 @@ def interpolate(
     grid: int = typer.Option(0, help="Instead of a walk: a GRID x GRID PNG between 4 corner seeds (TL, TR, BL, BR)."),
     fps: float = typer.Option(24.0, help="Frames per second (.gif, .mp4)."),
     truncation: float = typer.Option(1.0, help="GAN: truncation psi in [0, 1]. VAE: temperature."),
-    upscale: int = typer.Option(1, help="Enlarge frames this many times (nearest neighbour)."),
+    upscale: int = typer.Option(1, "--scale", help="Enlarge frames this many times (nearest neighbour)."),
     checkpoint: str = typer.Option("latest", help=CHECKPOINT_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
@@ -166,7 +166,7 @@ def interpolate(
 
     seed_list = _seeds(seeds)
     if upscale < 1:
-        raise _user_error(f"--upscale must be >= 1, got {upscale}")
+        raise _user_error(f"--scale must be >= 1, got {upscale}")
     if out.suffix.lower() not in (".gif", ".png", ".mp4"):
         raise _user_error(f"--out must end in .gif, .png or .mp4, got {out.name}")
     if grid and out.suffix.lower() != ".png":
@@ -195,7 +195,7 @@ def edit(
     out: Path = typer.Option(Path("row.png"), help="Output PNG: one row, one image per strength."),
     data: Optional[str] = typer.Option(None, help="Labelled data for the class means; default: the run's own data."),
     truncation: float = typer.Option(1.0, help="Temperature (VAE) / truncation of the seed's latent."),
-    upscale: int = typer.Option(1, help="Enlarge the row this many times (nearest neighbour)."),
+    upscale: int = typer.Option(1, "--scale", help="Enlarge the row this many times (nearest neighbour)."),
     checkpoint: str = typer.Option("latest", help=CHECKPOINT_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
@@ -211,7 +211,7 @@ def edit(
     if not s:
         raise _user_error("--strength gave no strengths")
     if upscale < 1:
-        raise _user_error(f"--upscale must be >= 1, got {upscale}")
+        raise _user_error(f"--scale must be >= 1, got {upscale}")
     m = _load(run, checkpoint, device)
     with _as_user_errors():
         d = class_direction(m, direction, data=data)
@@ -230,7 +230,7 @@ def vary(
     seed: int = typer.Option(0, help="Seed of the noise eps."),
     out: Path = typer.Option(Path("vary.png"), help="Output PNG: the input first, then the variations."),
     nrow: int = typer.Option(8, help="Images per grid row."),
-    upscale: int = typer.Option(1, help="Enlarge the grid this many times (nearest neighbour)."),
+    upscale: int = typer.Option(1, "--scale", help="Enlarge the grid this many times (nearest neighbour)."),
     checkpoint: str = typer.Option("latest", help=CHECKPOINT_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
@@ -245,7 +245,7 @@ def vary(
     from .images import save_grid
 
     if n <= 0 or nrow < 1 or upscale < 1:
-        raise _user_error("--n, --nrow and --upscale must be positive")
+        raise _user_error("--n, --nrow and --scale must be positive")
     m = _load(run, checkpoint, device)
     with _as_user_errors():
         x = prepare_image(m, image)
@@ -265,7 +265,7 @@ def project(
     feature_weight: Optional[float] = typer.Option(None, help="Weight of the feature loss (0 = pixel MSE only); default: the library's."),
     seed: int = typer.Option(0, help="First seed of the starting candidates."),
     out: Path = typer.Option(Path("proj.png"), help="Output PNG: the target, then its projection."),
-    upscale: int = typer.Option(1, help="Enlarge the pair this many times (nearest neighbour)."),
+    upscale: int = typer.Option(1, "--scale", help="Enlarge the pair this many times (nearest neighbour)."),
     checkpoint: str = typer.Option("latest", help=CHECKPOINT_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
@@ -280,7 +280,7 @@ def project(
     from .images import save_grid
 
     if upscale < 1:
-        raise _user_error(f"--upscale must be >= 1, got {upscale}")
+        raise _user_error(f"--scale must be >= 1, got {upscale}")
     m = _load(run, checkpoint, device)
     kw: dict[str, Any] = {} if feature_weight is None else {"feature_weight": feature_weight}
     with _as_user_errors():
