@@ -327,7 +327,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     acc_n, acc_t0, acc_step0 = 0, time.perf_counter(), state.step
     last: dict[str, float] = {}
     interrupted = False
-    bar = _progress_bar(progress, cfg.steps, state.step)
+    bar = _progress_bar(progress)  # total and completed are set by add_task below
     with _StopFlag() as stop, bar:
         task = bar.add_task(f"{cfg.model}", total=cfg.steps, completed=state.step, info="")
         if state.step == 0:
@@ -378,7 +378,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     return TrainResult(run_dir=run_dir, step=state.step, interrupted=interrupted, elapsed=state.elapsed, last_metrics=last)
 
 
-def _progress_bar(enabled: bool, total: int, completed: int) -> Any:
+def _progress_bar(enabled: bool) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     return Progress(
