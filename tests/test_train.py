@@ -332,3 +332,12 @@ def test_cli_eval_on_a_run_and_on_two_image_sets(tiny_npz: Path, tmp_path: Path)
     assert r.returncode == 2 and "unknown metric" in r.stderr
     r = cli("eval", "--real", str(tiny_npz))
     assert r.returncode == 2 and "--fake" in r.stderr
+
+
+def test_max_minutes_stops_with_a_checkpoint(tmp_path, tiny_npz):
+    """A tiny budget stops the run early, with a checkpoint and the last samples written."""
+    cfg = tiny_cfg(tiny_npz, tmp_path / "run", model="vae", steps=1000, sample_every=500, max_minutes=1e-4)
+    res = train(cfg, progress=False, log=lambda m: None)
+    assert 1 <= res.step < 1000
+    assert load_state(tmp_path / "run" / "state.pt")["step"] == res.step
+    assert (tmp_path / "run" / "samples" / f"step_{res.step:06d}.png").is_file()

@@ -66,6 +66,7 @@ def train(
     out: Path = typer.Option(Path("runs/run"), help="Run directory to create (or to continue with --resume)."),
     batch_size: int = typer.Option(64, help="Images per step."),
     seed: int = typer.Option(0, help="Seed for weights, data order and noise."),
+    max_minutes: float = typer.Option(0.0, help="Training-time budget in minutes (time spent in training steps, resumes included): stop with a checkpoint once reached; 0 = none."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint, with its own settings (only --steps may change)."),
     channels: Optional[int] = typer.Option(None, help="1 or 3 image channels; default: the data set's own."),
     z_dim: Optional[int] = typer.Option(None, help="Latent size; default 100 (dcgan) or 32 (vae)."),
@@ -104,12 +105,14 @@ def train(
                 raise UserError(f"--resume: {out} was trained with {flag} {saved}; it cannot change to {given}")
         if steps is not None:
             cfg.steps = steps
+        if max_minutes:
+            cfg.max_minutes = max_minutes
     else:
         cfg = TrainConfig(
             model="dcgan" if model is None else model, data="fashion-mnist:train" if data is None else data,
             out=str(out), resolution=32 if res is None else res, channels=channels,
             steps=2000 if steps is None else steps, batch_size=batch_size, lr=lr, seed=seed, z_dim=z_dim, width=width,
-            recon_loss=recon_loss, beta=beta, log_every=log_every, sample_every=sample_every,
+            max_minutes=max_minutes, recon_loss=recon_loss, beta=beta, log_every=log_every, sample_every=sample_every,
             checkpoint_every=checkpoint_every, eval_every=eval_every, eval_n=eval_n, eval_ref=eval_ref, device=device,
             loss=loss, gp_weight=gp_weight, r1_gamma=r1_gamma, n_critic=n_critic, spectral_norm=spectral_norm,
             lr_d=lr_d, ema_decay=ema_decay, augment=augment,

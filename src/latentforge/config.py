@@ -48,6 +48,7 @@ class TrainConfig:
     beta1: float | None = None  # Adam beta1; None = 0.5 for GANs (DCGAN paper), 0.9 for VAEs
     beta2: float = 0.999  # Adam beta2
     seed: int = 0  # seeds weights, data order, noise
+    max_minutes: float = 0.0  # training-time budget: stop (with a checkpoint) once the steps took this long; 0 = none
 
     # GAN training techniques (each off by default: the defaults are the DCGAN recipe)
     loss: str = "ns"  # "ns": non-saturating (Goodfellow 2014); "hinge" (Lim & Ye 2017); "wgan" (Arjovsky 2017)
@@ -93,6 +94,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "width", "log_every", "sample_every", "checkpoint_every", "eval_n"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_minutes < 0:
+            raise ConfigError(f"max_minutes must be >= 0, got {self.max_minutes}")
         if self.eval_every < 0:
             raise ConfigError(f"eval_every must be >= 0, got {self.eval_every}")
         if self.lr is None:

@@ -256,7 +256,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             raise ConfigError(
                 f"--resume: {run_dir} was trained as model={saved.model} data={saved.data} res={saved.resolution}; "
                 "those cannot change on resume")
-        saved.steps = cfg.steps  # the only thing a resume may change: how far to train
+        saved.steps, saved.max_minutes = cfg.steps, cfg.max_minutes  # all a resume may change: how far to train
         cfg = saved
 
     device = resolve_device(cfg.device)
@@ -335,6 +335,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         while state.step < cfg.steps:
             if stop.requested:
                 interrupted = True
+                break
+            if cfg.max_minutes and state.elapsed >= cfg.max_minutes * 60:
+                log(f"time budget of {cfg.max_minutes:g} min of training reached at step {state.step}; stopping")
+                if state.step % cfg.sample_every:
+                    write_samples()
                 break
             t0 = time.perf_counter()
             if cfg.family == "gan":
