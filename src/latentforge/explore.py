@@ -33,7 +33,8 @@ Latent arithmetic. A class direction is mean(latents of class A) - mean(latents 
 It needs a latent for every labelled image, i.e. an encoder:
 - VAE: the encoder's posterior means mu(x) over the run's own labelled training data (at most
   `max_per_class` images per class, a standard error of about sigma / sqrt(1000)).
-- GAN: a DCGAN has no encoder, and latentforge has no class-conditional GAN. Projecting images
+- GAN: a DCGAN has no encoder (a class-conditional GAN, trained with --conditional, takes the
+  class as an input instead: `Model.sample(..., classes=...)`). Projecting images
   into the latent space (`project`) works image by image, but costs hundreds of generator
   forward/backward passes per image and recovers each image only approximately, so averaging
   projections into class means is slow and unreliable; `direction` therefore refuses a GAN run
@@ -468,7 +469,7 @@ def class_means(model: "Model", data: str | None = None, max_per_class: int = 10
     if model.family != "vae":
         raise ValueError(
             f"{model.config.model} has no encoder, so its latent space has no class directions from labels: "
-            "train a VAE on the same data for latent arithmetic (latentforge has no class-conditional GAN); "
+            "train a VAE on the same data for latent arithmetic (or a --conditional GAN to pick classes); "
             "`project` finds one image's latent, and you may pass your own means=")
     from .data import load_images
 
