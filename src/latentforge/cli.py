@@ -59,7 +59,7 @@ def main() -> None:
 
 @app.command()
 def train(
-    model: Optional[str] = typer.Option(None, help="Model: vae or dcgan.  [default: dcgan]"),
+    model: Optional[str] = typer.Option(None, help="Model: vae, dcgan or resnet_gan (SN-GAN-style ResNet; D always spectrally normalized).  [default: dcgan]"),
     data: Optional[str] = typer.Option(None, help="Built-in data set (fashion-mnist, mnist[:train|:test]), a folder of images, or an .npz file.  [default: fashion-mnist:train]"),
     res: Optional[int] = typer.Option(None, "--res", help="Resolution in pixels: 28, 32, 64 or 128.  [default: 32]"),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps to train, in total (on --resume: how far to continue).  [default: 2000]"),
@@ -69,8 +69,8 @@ def train(
     max_minutes: float = typer.Option(0.0, help="Training-time budget in minutes (time spent in training steps, resumes included): stop with a checkpoint once reached; 0 = none."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint, with its own settings (only --steps may change)."),
     channels: Optional[int] = typer.Option(None, help="1 or 3 image channels; default: the data set's own."),
-    z_dim: Optional[int] = typer.Option(None, help="Latent size; default 100 (dcgan) or 32 (vae)."),
-    width: int = typer.Option(64, help="Base channel count of the networks."),
+    z_dim: Optional[int] = typer.Option(None, help="Latent size; default 100 (dcgan), 128 (resnet_gan) or 32 (vae)."),
+    width: int = typer.Option(64, help="Base channel count of the networks (resnet_gan: channels of every residual block)."),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate; default 2e-4 (GAN) or 1e-3 (VAE)."),
     beta: float = typer.Option(1.0, help="VAE: weight of the KL term (1 = ELBO, >1 = beta-VAE)."),
     recon_loss: str = typer.Option("bce", help="VAE likelihood: bce (Bernoulli) or mse (Gaussian, fixed sigma)."),
@@ -88,6 +88,7 @@ def train(
     lr_d: Optional[float] = typer.Option(None, help="Discriminator learning rate, two time-scale update rule (Heusel et al. 2017); default: --lr."),
     ema_decay: float = typer.Option(0.0, help="Keep an exponential moving average of G's weights, used for sampling (Karras et al. 2018; Yazici et al. 2019), e.g. 0.999; 0 = off."),
     augment: str = typer.Option("", help="Differentiable augmentation of every image D sees (Zhao et al. 2020): comma-separated from color, translation, cutout; empty = off."),
+    conditional: bool = typer.Option(False, "--conditional", help="Class-conditional model on the data's labels: conditional batch norm in G and a projection D (Miyato & Koyama 2018), or a conditional VAE (Sohn et al. 2015). Needs labelled data (folders: one subfolder per class)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -115,7 +116,7 @@ def train(
             max_minutes=max_minutes, recon_loss=recon_loss, beta=beta, log_every=log_every, sample_every=sample_every,
             checkpoint_every=checkpoint_every, eval_every=eval_every, eval_n=eval_n, eval_ref=eval_ref, device=device,
             loss=loss, gp_weight=gp_weight, r1_gamma=r1_gamma, n_critic=n_critic, spectral_norm=spectral_norm,
-            lr_d=lr_d, ema_decay=ema_decay, augment=augment,
+            lr_d=lr_d, ema_decay=ema_decay, augment=augment, conditional=conditional,
         )
     result = run_training(cfg, resume=resume, progress=not quiet, log=lambda m: console.print(m, highlight=False))
     samples = sorted((result.run_dir / "samples").glob("step_*.png"))
@@ -140,10 +141,13 @@ def sample(
     scale: int = typer.Option(2, min=1, max=16, help="Enlarge the grid by this factor (nearest neighbour)."),
     checkpoint: str = typer.Option("latest", help="latest or best."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    classes: Optional[list[str]] = typer.Option(None, "--class", help="Conditional runs: the class (name, any case, or index) of the images; repeat or comma-separate several to cycle through them (image i gets the (i mod k)-th). Default: image i gets class i mod the number of classes."),
 ) -> None:
     """Generate images from a trained run. Same seed, same images.
 
     Example: latentforge sample runs/dcgan --n 64 --seed 0 --out grid.png
+
+    Conditional run: latentforge sample runs/cgan --class Sneaker --n 16 --out sneakers.png
     """
     from .explore import provenance
     from .images import save_grid, save_png
@@ -154,15 +158,33 @@ def sample(
     if n <= 0:
         raise UserError(f"--n must be positive, got {n}")
     m = load(run, device=device, checkpoint=checkpoint)
-    images = m.sample_tensor(n, seed)
+    wanted = expand_classes(classes, n)
+    labels = m.class_labels(n, wanted)  # None for an unconditional run (which refuses --class)
+    images = m.sample_tensor(n, seed, classes=labels)
     meta = provenance(m)
+    names = [m.class_names[c] if m.class_names else str(c) for c in labels.tolist()] if labels is not None else None
     if out is not None:
-        save_grid(images, out, nrow=nrow, upscale=scale, metadata={**meta, "seeds": f"{seed}-{seed + n - 1}"})
-        console.print(f"wrote {out} ({n} images, seeds {seed}-{seed + n - 1})", highlight=False)
+        grid_classes = ",".join(dict.fromkeys(names)) if names else None
+        save_grid(images, out, nrow=nrow, upscale=scale,
+                  metadata={**meta, "seeds": f"{seed}-{seed + n - 1}", **({"classes": grid_classes} if names else {})})
+        console.print(f"wrote {out} ({n} images, seeds {seed}-{seed + n - 1}"
+                      f"{', classes ' + grid_classes if grid_classes else ''})", highlight=False)
     if outdir is not None:
         for i, img in enumerate(images):
-            save_png(img, Path(outdir) / f"seed{seed + i:06d}.png", metadata={**meta, "seed": seed + i})
+            extra = {"class": names[i]} if names else {}
+            save_png(img, Path(outdir) / f"seed{seed + i:06d}.png", metadata={**meta, "seed": seed + i, **extra})
         console.print(f"wrote {n} images to {outdir}/", highlight=False)
+
+
+def expand_classes(classes: Optional[list[str]], n: int) -> Optional[str | list[str]]:
+    """--class values (repeated and/or comma-separated) -> one class for all n images, or a list
+    of n cycling through them; None when --class was not given."""
+    if not classes:
+        return None
+    flat = [c.strip() for value in classes for c in value.split(",") if c.strip()]
+    if not flat:
+        raise UserError("--class was given without a class name")
+    return flat[0] if len(flat) == 1 else [flat[i % len(flat)] for i in range(n)]
 
 
 @app.command()
@@ -194,7 +216,9 @@ def reconstruct(
         raise UserError(f"--n must be between 1 and {len(d.images)}, got {n}")
     idx = torch.randperm(len(d.images), generator=torch.Generator().manual_seed(seed))[:n]
     originals = d.images[idx]
-    recons = m.reconstruct(originals)
+    if m.conditional and d.labels is None:
+        raise UserError(f"{run} is a conditional VAE: it needs the images' classes, and {data} has no labels")
+    recons = m.reconstruct(originals, classes=d.labels[idx] if m.conditional else None)
     row = min(n, 16)
     rows = []
     for i in range(0, n, row):  # alternate a row of originals and the row of their reconstructions

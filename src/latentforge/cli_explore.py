@@ -107,11 +107,13 @@ def generate(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     checkpoint: str = typer.Option("latest", help=CHECKPOINT_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    classes: Optional[list[str]] = typer.Option(None, "--class", help="Conditional runs: the class (name or index) of the images; repeat or comma-separate several to cycle through them. Default: image i gets class i mod the number of classes."),
 ) -> None:
     """Generate images from seeds, with truncation: one grid (--out) or many files (--outdir, resumable).
 
     Example: latentforge generate runs/dcgan --seeds 0-63 --truncation 0.7 --out grid.png
     """
+    from .cli import expand_classes
     from .explore import bulk_generate, format_seeds, generate_from_seeds, provenance
     from .images import save_grid
 
@@ -127,18 +129,22 @@ def generate(
         raise _user_error("--batch-size, --nrow and --scale must be positive and --workers >= 0")
     seed_list = _seeds(seeds) if seeds is not None else list(range(seed, seed + (n or 0)))
     m = _load(run, checkpoint, device)
+    wanted = expand_classes(classes, len(seed_list))
     with _as_user_errors():
+        labels = m.class_labels(len(seed_list), wanted)  # refuses --class on an unconditional run
         if out is not None:
             if len(seed_list) > 4096:
                 raise ValueError(f"{len(seed_list)} images are too many for one grid; use --outdir for bulk generation")
-            images = generate_from_seeds(m, seed_list, truncation, batch_size=batch_size)
+            images = generate_from_seeds(m, seed_list, truncation, batch_size=batch_size, classes=labels)
+            shown = None if labels is None else ",".join(dict.fromkeys(
+                m.class_names[c] if m.class_names else str(c) for c in labels.tolist()))
             save_grid(images, out, nrow=nrow, upscale=upscale,
-                      metadata=provenance(m, seeds=format_seeds(seed_list), truncation=truncation))
+                      metadata=provenance(m, seeds=format_seeds(seed_list), truncation=truncation, classes=shown))
             _say(f"wrote {out} ({len(seed_list)} images, seeds {format_seeds(seed_list)}, truncation {truncation:g})")
             return
         assert outdir is not None
         res = bulk_generate(m, None, outdir, batch_size=batch_size, truncation=truncation, progress=not quiet,
-                            workers=workers, seeds=seed_list)
+                            workers=workers, seeds=seed_list, classes=labels)
     _say(f"{outdir}: wrote {res.written} images ({res.images_per_s:.0f}/s), {res.skipped} already there, "
          f"{res.total} in all")
 

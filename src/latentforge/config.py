@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 SUPPORTED_RESOLUTIONS = (28, 32, 64, 128)
-MODEL_NAMES = ("vae", "dcgan")
+MODEL_NAMES = ("vae", "dcgan", "resnet_gan")
 RECON_LOSSES = ("bce", "mse")
 GAN_LOSS_NAMES = ("ns", "hinge", "wgan")
 AUGMENT_POLICIES = ("color", "translation", "cutout")  # DiffAugment (Zhao et al. 2020); see augment.py
@@ -60,8 +60,11 @@ class TrainConfig:
     ema_decay: float = 0.0  # EMA of G's weights (Karras 2018; Yazici 2019), e.g. 0.999; 0 = off
     augment: str = ""  # DiffAugment policy (Zhao et al. 2020), e.g. "color,translation,cutout"; "" = off
 
+    # class conditioning on the data's labels (GAN: conditional BN in G + projection D; VAE: CVAE)
+    conditional: bool = False
+
     # model shape
-    z_dim: int | None = None  # latent size; None = 100 for dcgan (paper), 32 for vae
+    z_dim: int | None = None  # latent size; None = 100 for dcgan (paper), 128 for resnet_gan (SN-GAN), 32 for vae
     width: int = 64  # base channel count (DCGAN's ngf = ndf; VAE's first conv)
 
     # VAE objective: -ELBO = recon + beta * KL
@@ -124,7 +127,7 @@ class TrainConfig:
         if self.gaussian_sigma <= 0:
             raise ConfigError(f"gaussian_sigma must be positive, got {self.gaussian_sigma}")
         if self.z_dim is None:
-            self.z_dim = 100 if self.model == "dcgan" else 32
+            self.z_dim = 100 if self.model == "dcgan" else 128 if self.model == "resnet_gan" else 32
         if self.z_dim <= 0:
             raise ConfigError(f"z_dim must be positive, got {self.z_dim}")
 

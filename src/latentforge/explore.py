@@ -33,7 +33,8 @@ Latent arithmetic. A class direction is mean(latents of class A) - mean(latents 
 It needs a latent for every labelled image, i.e. an encoder:
 - VAE: the encoder's posterior means mu(x) over the run's own labelled training data (at most
   `max_per_class` images per class, a standard error of about sigma / sqrt(1000)).
-- GAN: a DCGAN has no encoder, and latentforge has no class-conditional GAN. Projecting images
+- GAN: a DCGAN has no encoder (a class-conditional GAN, trained with --conditional, takes the
+  class as an input instead: `Model.sample(..., classes=...)`). Projecting images
   into the latent space (`project`) works image by image, but costs hundreds of generator
   forward/backward passes per image and recovers each image only approximately, so averaging
   projections into class means is slow and unreliable; `direction` therefore refuses a GAN run
@@ -186,15 +187,18 @@ def seed_latents(model: "Model", seeds: Sequence[int], truncation: float = 1.0) 
 
 
 def generate_from_seeds(model: "Model", seeds: Sequence[int] | str, truncation: float = 1.0,
-                        batch_size: int = 256) -> torch.Tensor:
+                        batch_size: int = 256, classes: Any = None) -> torch.Tensor:
     """uint8 (N, C, H, W) images, image i from seeds[i]: G(psi * z_seed) for a GAN,
     decode(t * z_seed) for a VAE (`truncation` is the VAE's temperature). With truncation 1 this
-    is exactly `model.sample_tensor` for the same seeds."""
+    is exactly `model.sample_tensor` for the same seeds. Conditional models: image i gets class
+    `model.class_labels(len(seeds), classes)[i]` (one name/index, one per seed, or None to cycle)."""
     seeds = parse_seeds(seeds) if isinstance(seeds, str) else list(seeds)
     if not seeds:
         raise ValueError("no seeds given")
     check_truncation(model, truncation)
-    out = [to_uint8(model.generate(seed_latents(model, seeds[i:i + batch_size], truncation))).cpu()
+    labels = model.class_labels(len(seeds), classes)  # None when unconditional
+    out = [to_uint8(model.generate(seed_latents(model, seeds[i:i + batch_size], truncation),
+                                   None if labels is None else labels[i:i + batch_size])).cpu()
            for i in range(0, len(seeds), batch_size)]
     return torch.cat(out)
 
@@ -465,7 +469,7 @@ def class_means(model: "Model", data: str | None = None, max_per_class: int = 10
     if model.family != "vae":
         raise ValueError(
             f"{model.config.model} has no encoder, so its latent space has no class directions from labels: "
-            "train a VAE on the same data for latent arithmetic (latentforge has no class-conditional GAN); "
+            "train a VAE on the same data for latent arithmetic (or a --conditional GAN to pick classes); "
             "`project` finds one image's latent, and you may pass your own means=")
     from .data import load_images
 
@@ -780,7 +784,7 @@ class BulkResult:
 def bulk_generate(model: "Model", n: int | None, outdir: str | os.PathLike, seed: int = 0, batch_size: int = 256,
                   truncation: float = 1.0, progress: bool = True, workers: int | None = None,
                   seeds: Sequence[int] | None = None,
-                  callback: Callable[[int, int], None] | None = None) -> BulkResult:
+                  callback: Callable[[int, int], None] | None = None, classes: Any = None) -> BulkResult:
     """Write one PNG per seed, seed .. seed + n - 1 (or the given `seeds`), into `outdir` as
     seedNNNNNN.png with provenance metadata; resumable.
 
@@ -793,7 +797,9 @@ def bulk_generate(model: "Model", n: int | None, outdir: str | os.PathLike, seed
     Files already in `outdir` are skipped and never rewritten; leftover NAME.png.tmp files of an
     interrupted run are removed. `callback(done, total)` is called in this thread after each
     file (done counts skipped files too); an exception from it stops the run cleanly: files
-    finished stay, nothing half-written is left.
+    finished stay, nothing half-written is left. Conditional models: `classes` as in
+    `generate_from_seeds`, over the seeds asked for (a repeated seed keeps its first class), so a
+    resumed run gives each seed the same class; the class name goes into each file's metadata.
     """
     if seeds is None:
         if n is None or n <= 0:
@@ -805,6 +811,11 @@ def bulk_generate(model: "Model", n: int | None, outdir: str | os.PathLike, seed
         wanted = list(dict.fromkeys(int(s) for s in seeds))  # one file per seed: drop repeats, keep order
         if not wanted:
             raise ValueError("no seeds given")
+    asked = wanted if seeds is None else [int(s) for s in seeds]
+    labels = model.class_labels(len(asked), classes)  # None when unconditional
+    class_of: dict[int, int] = {}
+    for s, c in zip(asked, labels.tolist() if labels is not None else []):
+        class_of.setdefault(s, c)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     t = check_truncation(model, truncation)
@@ -851,14 +862,16 @@ def bulk_generate(model: "Model", n: int | None, outdir: str | os.PathLike, seed
             bar.start()
         for i in range(0, len(todo), batch_size):
             chunk = todo[i:i + batch_size]
-            images = generate_from_seeds(model, chunk, t, batch_size=batch_size)
+            chunk_classes = [class_of[s] for s in chunk] if class_of else None
+            images = generate_from_seeds(model, chunk, t, batch_size=batch_size, classes=chunk_classes)
+            metas = [{**meta, "seed": str(s), **({"class": _class_name(model, class_of[s])} if class_of else {})}
+                     for s in chunk]
             if pool is None:
-                for s, img in zip(chunk, images):
-                    save_png(img, out / seed_filename(s), metadata={**meta, "seed": str(s)})
+                for s, img, m in zip(chunk, images, metas):
+                    save_png(img, out / seed_filename(s), metadata=m)
                     tick()
                 continue
-            batch = [pool.submit(save_png, img, out / seed_filename(s), {**meta, "seed": str(s)})
-                     for s, img in zip(chunk, images)]
+            batch = [pool.submit(save_png, img, out / seed_filename(s), m) for s, img, m in zip(chunk, images, metas)]
             settle(inflight)  # the previous batch: wait for it while this one is being written
             inflight = batch
         settle(inflight)
@@ -869,6 +882,11 @@ def bulk_generate(model: "Model", n: int | None, outdir: str | os.PathLike, seed
         if bar is not None:
             bar.stop()
     return BulkResult(outdir=out, total=total, written=written, skipped=skipped, seconds=time.perf_counter() - t0)
+
+
+def _class_name(model: "Model", index: int) -> str:
+    names = model.class_names or []
+    return names[index] if index < len(names) else str(index)
 
 
 def default_workers(model: "Model") -> int:

@@ -91,6 +91,8 @@ def export(model: "Model", path: str | os.PathLike, format: str | None = None, c
 
     path = Path(path)
     fmt = _format_of(path, format)
+    if getattr(model, "conditional", False):
+        raise ValueError("exporting a class-conditional model is not supported: the exported graph takes z only")
     if fmt == "onnx":
         try:
             import onnx  # noqa: F401  (the exporter needs it)

@@ -5,6 +5,13 @@
     mu, logvar = m.encode(x)             # VAEs: x float (N, C, H, W) in [-1, 1]
     x = m.decode(z)                      # float (N, C, H, W) in [-1, 1]
 
+Class-conditional runs (trained with --conditional) take `classes`: a class name (any case) or
+index for every image, or a list with one per image; without it, image i gets class i mod K.
+
+    m = latentforge.load("runs/cgan")
+    m.sample(16, seed=0, classes="Sneaker")      # 16 sneakers
+    m.class_labels(4, ["sneaker", 0, "Bag", 9])  # tensor([7, 0, 8, 9]): the classes behind an output
+
 Loading reads config.json and model.safetensors only: no code is executed from the run.
 """
 
@@ -12,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
@@ -23,7 +30,9 @@ from .checkpoint import WEIGHTS, load_weights
 from .config import ConfigError, TrainConfig, read_run_config
 from .images import to_float, to_hwc_numpy, to_uint8
 from .models import build_networks
-from .train import generate_images, latents_for_seeds, resolve_device
+from .train import cycled_labels, generate_images, latents_for_seeds, num_classes_of, resolve_device
+
+ClassSpec = Union[str, int]  # a class name (case-insensitive) or index
 
 
 @dataclass
@@ -55,7 +64,58 @@ class Model:
 
     @property
     def class_names(self) -> list[str] | None:
+        """The training data's class names (label i is class_names[i]); None when unlabelled."""
         return self.info.get("class_names")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes the model is conditioned on; 0 = unconditional."""
+        return num_classes_of(self.nets["G"] if self.family == "gan" else self.nets["vae"])
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    # ------------------------------------------------------------------ classes
+
+    def class_index(self, cls: ClassSpec) -> int:
+        """A class name (case-insensitive) or index -> the class index; a clear error otherwise."""
+        k, names = self.num_classes, list(self.class_names or [])
+        known = f"{', '.join(names)} (or an index 0-{k - 1})" if names else f"indices 0-{k - 1}"
+        if isinstance(cls, str):
+            key = cls.strip().lower()
+            matches = [i for i, name in enumerate(names[:k]) if name.lower() == key]
+            if matches:
+                return matches[0]
+            if not key.isdigit():
+                raise ConfigError(f"unknown class {cls!r}; this model's classes are: {known}")
+            cls = int(key)
+        if isinstance(cls, bool) or not isinstance(cls, (int, np.integer)):
+            raise ConfigError(f"a class must be a name or an index, got {cls!r}")
+        if not 0 <= int(cls) < k:
+            raise ConfigError(f"class index {cls} is out of range; this model's classes are: {known}")
+        return int(cls)
+
+    def class_labels(self, n: int, classes: ClassSpec | Sequence[ClassSpec] | None = None) -> torch.Tensor | None:
+        """The (n,) int64 class indices n generated images get: `classes` one name/index for all,
+        or a list of n; None cycles (image i gets class i mod num_classes). None for an
+        unconditional model, which refuses `classes`."""
+        if not self.conditional:
+            if classes is not None:
+                names = f" (its data's classes are {', '.join(self.class_names)})" if self.class_names else ""
+                raise ConfigError(f"{self.run_dir} is unconditional: it was trained without --conditional{names}, "
+                                  "so classes cannot steer it; leave the classes out")
+            return None
+        if classes is None:
+            return cycled_labels(n, self.num_classes)
+        if isinstance(classes, torch.Tensor):
+            classes = classes.tolist()
+        if isinstance(classes, (str, int, np.integer)):
+            return torch.full((n,), self.class_index(classes), dtype=torch.long)
+        seq = list(classes)
+        if len(seq) != n:
+            raise ConfigError(f"got {len(seq)} classes for {n} images; give one class for all, or one per image")
+        return torch.tensor([self.class_index(c) for c in seq], dtype=torch.long)
 
     # ------------------------------------------------------------------ generation
 
@@ -64,21 +124,28 @@ class Model:
         return latents_for_seeds(seeds, self.z_dim, self.device)
 
     @torch.no_grad()
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
-        """latents (N, z_dim) -> float images (N, C, H, W) in [-1, 1]."""
+    def generate(self, z: torch.Tensor, classes: ClassSpec | Sequence[ClassSpec] | None = None) -> torch.Tensor:
+        """latents (N, z_dim) -> float images (N, C, H, W) in [-1, 1]. Conditional models: image
+        i gets `classes` (see class_labels; None cycles through the classes)."""
         z = z.to(self.device)
-        return self.nets["G"](z) if self.family == "gan" else self.nets["vae"].decode(z)
+        c = self.class_labels(len(z), classes)
+        c = None if c is None else c.to(self.device)
+        return self.nets["G"](z, c) if self.family == "gan" else self.nets["vae"].decode(z, c)
 
-    def sample_tensor(self, n: int, seed: int = 0, batch_size: int = 256) -> torch.Tensor:
-        """uint8 (n, C, H, W) images from seeds seed .. seed + n - 1."""
+    def sample_tensor(self, n: int, seed: int = 0, batch_size: int = 256,
+                      classes: ClassSpec | Sequence[ClassSpec] | None = None) -> torch.Tensor:
+        """uint8 (n, C, H, W) images from seeds seed .. seed + n - 1 (and `classes`, conditional models)."""
         if n <= 0:
             raise ValueError(f"n must be positive, got {n}")
-        return generate_images(self.nets, self.config, range(seed, seed + n), self.device, batch_size)
+        return generate_images(self.nets, self.config, range(seed, seed + n), self.device, batch_size,
+                               labels=self.class_labels(n, classes))
 
-    def sample(self, n: int, seed: int = 0, batch_size: int = 256) -> np.ndarray:
+    def sample(self, n: int, seed: int = 0, batch_size: int = 256,
+               classes: ClassSpec | Sequence[ClassSpec] | None = None) -> np.ndarray:
         """uint8 numpy (n, H, W, C) images; image i comes from seed `seed + i`, so the same seed
-        always gives the same image."""
-        return to_hwc_numpy(self.sample_tensor(n, seed, batch_size))
+        always gives the same image. Conditional models: image i has class class_labels(n, classes)[i]
+        (a name or index for all, a list of n, or None: class i mod num_classes)."""
+        return to_hwc_numpy(self.sample_tensor(n, seed, batch_size, classes))
 
     # ------------------------------------------------------------------ VAE only
 
@@ -88,22 +155,34 @@ class Model:
         return self.nets["vae"]
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """float images (N, C, H, W) in [-1, 1] (or uint8) -> (mu, logvar), each (N, z_dim)."""
+    def encode(self, x: torch.Tensor, classes: ClassSpec | Sequence[ClassSpec] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """float images (N, C, H, W) in [-1, 1] (or uint8) -> (mu, logvar), each (N, z_dim).
+        A conditional VAE needs the images' `classes` (one for all, or one per image)."""
+        vae = self._vae()
         if x.dtype == torch.uint8:
             x = to_float(x)
-        return self._vae().encode(x.to(self.device))
+        if self.conditional and classes is None:
+            raise ConfigError("this VAE is class-conditional: encoding needs the images' classes "
+                              f"(one of {', '.join(self.class_names or [])}, or one per image)")
+        c = self.class_labels(len(x), classes)
+        return vae.encode(x.to(self.device), None if c is None else c.to(self.device))
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """latents (N, z_dim) -> float images (N, C, H, W) in [-1, 1]."""
-        return self._vae().decode(z.to(self.device))
+    def decode(self, z: torch.Tensor, classes: ClassSpec | Sequence[ClassSpec] | None = None) -> torch.Tensor:
+        """latents (N, z_dim) -> float images (N, C, H, W) in [-1, 1]. Conditional VAE: decoded as
+        `classes` (None cycles through the classes)."""
+        vae = self._vae()
+        c = self.class_labels(len(z), classes)
+        return vae.decode(z.to(self.device), None if c is None else c.to(self.device))
 
     @torch.no_grad()
-    def reconstruct(self, images_u8: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, C, H, W) -> uint8 reconstructions decode(mu(x)) (the posterior mean, no noise)."""
-        mu, _ = self.encode(images_u8)
-        return to_uint8(self.decode(mu)).cpu()
+    def reconstruct(self, images_u8: torch.Tensor, classes: ClassSpec | Sequence[ClassSpec] | None = None
+                    ) -> torch.Tensor:
+        """uint8 (N, C, H, W) -> uint8 reconstructions decode(mu(x)) (the posterior mean, no noise).
+        A conditional VAE needs the images' `classes`, used for encoding and decoding."""
+        mu, _ = self.encode(images_u8, classes)
+        return to_uint8(self.decode(mu, classes)).cpu()
 
 
 def load(run_dir: str | Path, device: str = "auto", checkpoint: str = "latest", ema: bool = True) -> Model:
@@ -124,7 +203,10 @@ def load(run_dir: str | Path, device: str = "auto", checkpoint: str = "latest", 
         raise ConfigError(f"{run_dir} has no {checkpoint} weights at {path}{hint}")
     info = payload.get("data_info") or {}
     dev = resolve_device(device)
-    nets = build_networks(cfg, int(info.get("channels", cfg.channels or 1)))
+    num_classes = int(info.get("num_classes") or 0) if cfg.conditional else 0
+    if cfg.conditional and not num_classes:
+        raise ConfigError(f"{run_dir}/config.json says conditional but its data_info has no num_classes")
+    nets = build_networks(cfg, int(info.get("channels", cfg.channels or 1)), num_classes)
     if cfg.family == "gan":  # the discriminator is not needed to sample
         with safe_open(str(path), framework="pt") as f:
             has_ema = any(k.startswith("G_ema.") for k in f.keys())

@@ -94,33 +94,40 @@ class BatchOrder:
 def gan_step(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, opt_D: torch.optim.Optimizer,
              real: torch.Tensor | Sequence[torch.Tensor], z_dim: int, *, loss: str = "ns", gp_weight: float = 0.0,
              r1_gamma: float = 0.0, augment: str = "", G_ema: nn.Module | None = None,
-             ema_decay: float = 0.0) -> dict[str, float]:
+             ema_decay: float = 0.0, labels: torch.Tensor | Sequence[torch.Tensor] | None = None,
+             num_classes: int = 0) -> dict[str, float]:
     """One GAN step: D update(s) on real vs fake, then G against the new D, then the EMA of G.
 
     `real` is one batch per D step (a single tensor = one D step; n_critic = the number of batches).
     `loss` names a pair in losses.GAN_LOSSES; `gp_weight` adds the WGAN-GP penalty, `r1_gamma`
     the R1 penalty (times gamma / 2); `augment` is a DiffAugment policy applied to every image D
     sees. With the defaults this is exactly the DCGAN step with the non-saturating loss.
+
+    Conditional GANs: `labels` holds the (B,) class indices of each real batch (same layout as
+    `real`); each fake batch gets classes drawn uniformly from [0, num_classes), which both G
+    and D see. The gradient penalty is taken with the real batch's classes.
     """
     d_loss_fn, g_loss_fn = GAN_LOSSES[loss]
     reals = [real] if isinstance(real, torch.Tensor) else list(real)
+    real_labels = _conditional_labels(labels, len(reals), num_classes)
     aug = (lambda x: diff_augment(x, augment)) if augment else (lambda x: x)  # noqa: E731
     logs: dict[str, float] = {}
 
     # 1. discriminator, n_critic times: push D(x) up and D(G(z)) down; fake is detached so G gets
     #    no gradient here
-    for real_i in reals:
+    for real_i, c_real in zip(reals, real_labels):
         z = torch.randn(real_i.shape[0], z_dim, device=real_i.device)  # (B, z_dim)
-        fake = G(z)  # (B, C, H, W)
+        c_fake = None if c_real is None else torch.randint(num_classes, (real_i.shape[0],), device=real_i.device)
+        fake = G(z, c_fake)  # (B, C, H, W)
         real_in = aug(real_i)
         if r1_gamma > 0:  # R1 differentiates D(x) w.r.t. the (augmented) image D sees
             real_in = real_in.detach().requires_grad_(True)
         fake_in = aug(fake.detach())
-        real_logits, fake_logits = D(real_in), D(fake_in)
+        real_logits, fake_logits = D(real_in, c_real), D(fake_in, c_fake)
         loss_D = d_loss_fn(real_logits, fake_logits)
         total_D = loss_D
         if gp_weight > 0:
-            gp = gradient_penalty(D, real_in, fake_in)
+            gp = gradient_penalty(D if c_real is None else (lambda x: D(x, c_real)), real_in, fake_in)  # noqa: B023
             total_D = total_D + gp_weight * gp
             logs["loss/gp"] = gp.item()
         if r1_gamma > 0:
@@ -132,7 +139,7 @@ def gan_step(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, opt_D: to
         opt_D.step()
 
     # 2. generator: fool the just-updated discriminator, on the last D step's fakes
-    gen_logits = D(aug(fake))
+    gen_logits = D(aug(fake), c_fake)
     loss_G = g_loss_fn(gen_logits)
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
@@ -147,6 +154,19 @@ def gan_step(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, opt_D: to
         out["D(x)"] = torch.sigmoid(real_logits).mean().item()
         out["D(G(z))"] = torch.sigmoid(fake_logits).mean().item()
     return {**out, **logs}
+
+
+def _conditional_labels(labels: torch.Tensor | Sequence[torch.Tensor] | None, n_batches: int,
+                       num_classes: int) -> list[torch.Tensor | None]:
+    """gan_step's `labels` as one entry per D step: all None for an unconditional GAN."""
+    if labels is None:
+        return [None] * n_batches
+    if num_classes <= 0:
+        raise ValueError(f"labels were given, so num_classes must be the number of classes, got {num_classes}")
+    out = [labels] if isinstance(labels, torch.Tensor) else list(labels)
+    if len(out) != n_batches:
+        raise ValueError(f"got {len(out)} label batches for {n_batches} image batches")
+    return out
 
 
 @torch.no_grad()
@@ -164,9 +184,11 @@ def make_ema(G: nn.Module) -> nn.Module:
     return copy.deepcopy(G).requires_grad_(False)
 
 
-def vae_step(vae: nn.Module, opt: torch.optim.Optimizer, real: torch.Tensor, cfg: TrainConfig) -> dict[str, float]:
-    """One step on the negative ELBO (reconstruction + beta * KL), reported per part."""
-    out = vae(real)
+def vae_step(vae: nn.Module, opt: torch.optim.Optimizer, real: torch.Tensor, cfg: TrainConfig,
+             labels: torch.Tensor | None = None) -> dict[str, float]:
+    """One step on the negative ELBO (reconstruction + beta * KL), reported per part.
+    `labels` (B,): the classes of a conditional VAE (Sohn et al. 2015), None otherwise."""
+    out = vae(real, labels)
     parts = negative_elbo(out.decoded, real, out.mu, out.logvar, cfg.recon_loss, cfg.beta, cfg.gaussian_sigma)
     opt.zero_grad(set_to_none=True)
     parts.total.backward()
@@ -185,18 +207,43 @@ class RunState:
     best_step: int = -1
 
 
+def num_classes_of(net: nn.Module) -> int:
+    """How many classes a generator / VAE is conditioned on; 0 = unconditional."""
+    return int(getattr(getattr(net, "cfg", None), "num_classes", 0))
+
+
+def cycled_labels(n: int, num_classes: int) -> torch.Tensor | None:
+    """The default classes of n conditional samples: image i gets class i mod num_classes
+    (so a grid with a multiple of num_classes per row shows one class per column); None
+    when unconditional."""
+    return torch.arange(n) % num_classes if num_classes else None
+
+
 @torch.no_grad()
 def generate_images(nets: dict[str, nn.Module], cfg: TrainConfig, seeds: list[int] | range,
-                    device: torch.device, batch_size: int = 256) -> torch.Tensor:
-    """uint8 (N, C, H, W) images for the given seeds, networks in eval mode (restored after)."""
+                    device: torch.device, batch_size: int = 256,
+                    labels: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
+    """uint8 (N, C, H, W) images for the given seeds, networks in eval mode (restored after).
+    Conditional runs: image i gets class labels[i]; labels=None cycles, image i gets class
+    i mod num_classes. Unconditional runs take no labels."""
     net = nets.get("G_ema", nets["G"]) if cfg.family == "gan" else nets["vae"]  # the EMA copy when kept
     was_training = net.training
     net.eval()
     out = []
     seeds = list(seeds)
+    k = num_classes_of(net)
+    if labels is None:
+        labels = cycled_labels(len(seeds), k)
+    elif not k:
+        raise ValueError("this model is unconditional; it takes no class labels")
+    else:
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if tuple(labels.shape) != (len(seeds),):
+            raise ValueError(f"need one class label per seed ({len(seeds)}), got shape {tuple(labels.shape)}")
     for i in range(0, len(seeds), batch_size):
         z = latents_for_seeds(seeds[i : i + batch_size], cfg.z_dim, device)
-        x = net(z) if cfg.family == "gan" else net.decode(z)
+        c = None if labels is None else labels[i : i + batch_size].to(device)
+        x = net(z, c) if cfg.family == "gan" else net.decode(z, c)
         out.append(to_uint8(x).cpu())
     net.train(was_training)
     return torch.cat(out)
@@ -265,7 +312,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     data = load_images(cfg.data, res=cfg.resolution, channels=cfg.channels)
     images = data.images.to(device)  # uint8 (N, C, H, W), kept whole on the device
     channels = data.channels
-    nets = {role: net.to(device) for role, net in build_networks(cfg, channels).items()}
+    labels, num_classes = _training_labels(cfg, data, device)  # (N,) int64 and K; None and 0 when unconditional
+    nets = {role: net.to(device) for role, net in build_networks(cfg, channels, num_classes).items()}
     if cfg.family == "gan" and cfg.ema_decay > 0:
         nets["G_ema"] = make_ema(nets["G"])
     opts = _make_optimizers(nets, cfg)
@@ -288,6 +336,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         log(f"resuming {run_dir} at step {state.step} of {cfg.steps}")
     data_info = {"resolution": cfg.resolution, "channels": channels, "num_images": len(images),
                  "class_names": data.class_names, "skipped": len(data.skipped), "name": data.name}
+    if num_classes:
+        data_info["num_classes"] = num_classes
     cfg.save(run_dir / "config.json", data_info=data_info, latentforge_version=__version__)
 
     evaluator = None
@@ -306,7 +356,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
 
     def write_samples() -> None:
         grid = generate_images(nets, cfg, SAMPLE_GRID_SEEDS, device)
-        save_grid(grid, run_dir / "samples" / f"step_{state.step:06d}.png", nrow=8, upscale=2,
+        save_grid(grid, run_dir / "samples" / f"step_{state.step:06d}.png", nrow=sample_grid_nrow(num_classes),
+                  upscale=2,
                   metadata={"latentforge": __version__, "model": cfg.model, "run": run_dir.name,
                             "step": state.step, "seeds": "0-63", "synthetic image": "true"})
 
@@ -344,13 +395,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             t0 = time.perf_counter()
             if cfg.family == "gan":
                 # D step i of step s takes batch s * n_critic + i: fresh data, a pure function of the step
-                reals = [to_float(images[order.indices(state.step * cfg.n_critic + i)]) for i in range(cfg.n_critic)]
+                idx = [order.indices(state.step * cfg.n_critic + i) for i in range(cfg.n_critic)]
+                reals = [to_float(images[j]) for j in idx]
                 out = gan_step(nets["G"], nets["D"], opts["G"], opts["D"], reals, cfg.z_dim, loss=cfg.loss,
                                gp_weight=cfg.gp_weight, r1_gamma=cfg.r1_gamma, augment=cfg.augment,
-                               G_ema=nets.get("G_ema"), ema_decay=cfg.ema_decay)
+                               G_ema=nets.get("G_ema"), ema_decay=cfg.ema_decay,
+                               labels=None if labels is None else [labels[j] for j in idx], num_classes=num_classes)
             else:
-                real = to_float(images[order.indices(state.step)])  # (B, C, H, W) in [-1, 1]
-                out = vae_step(nets["vae"], opts["vae"], real, cfg)
+                idx = order.indices(state.step)
+                real = to_float(images[idx])  # (B, C, H, W) in [-1, 1]
+                out = vae_step(nets["vae"], opts["vae"], real, cfg, labels=None if labels is None else labels[idx])
             state.step += 1
             state.elapsed += time.perf_counter() - t0
             for k, v in out.items():
@@ -381,6 +435,25 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     if interrupted:
         log(f"interrupted: checkpoint written at step {state.step}; continue with --resume")
     return TrainResult(run_dir=run_dir, step=state.step, interrupted=interrupted, elapsed=state.elapsed, last_metrics=last)
+
+
+def _training_labels(cfg: TrainConfig, data: Any, device: torch.device) -> tuple[torch.Tensor | None, int]:
+    """The labels a conditional run trains on, on `device`, and the number of classes."""
+    if not cfg.conditional:
+        return None, 0
+    if data.labels is None or not data.class_names:
+        raise ConfigError(f"--conditional needs labelled data, and {data.name} has no labels; use a built-in data "
+                          "set, a folder with one subfolder per class, or an .npz with a `labels` array")
+    k = len(data.class_names)
+    if len(data.labels) and int(data.labels.max()) >= k:  # defensive: loaders keep labels < len(class_names)
+        raise ConfigError(f"{data.name}: label {int(data.labels.max())} but only {k} class names")
+    return data.labels.to(device), k
+
+
+def sample_grid_nrow(num_classes: int) -> int:
+    """Images per row of the training sample grids: 8, or the number of classes when 8 is not a
+    multiple of it (<= 16), so each column of a conditional grid shows one class."""
+    return num_classes if num_classes and 8 % num_classes and num_classes <= 16 else 8
 
 
 def _progress_bar(enabled: bool) -> Any:

@@ -5,28 +5,39 @@ from __future__ import annotations
 from torch import nn
 
 from ..config import TrainConfig
+from . import resnet_gan
 from .dcgan import DCGANConfig, Discriminator, Generator
+from .resnet_gan import ResNetGANConfig
 from .vae import VAE, VAEConfig, VAEOutput
 
-__all__ = ["build_networks", "DCGANConfig", "Generator", "Discriminator", "VAE", "VAEConfig", "VAEOutput"]
+__all__ = ["build_networks", "DCGANConfig", "Generator", "Discriminator", "ResNetGANConfig", "VAE", "VAEConfig",
+           "VAEOutput"]
 
 
-def _build_dcgan(cfg: TrainConfig, channels: int) -> dict[str, nn.Module]:
+def _build_dcgan(cfg: TrainConfig, channels: int, num_classes: int = 0) -> dict[str, nn.Module]:
     mc = DCGANConfig(resolution=cfg.resolution, img_channels=channels, z_dim=cfg.z_dim, width=cfg.width,
-                     spectral_norm=cfg.spectral_norm)
+                     spectral_norm=cfg.spectral_norm, num_classes=num_classes)
     return {"G": Generator(mc), "D": Discriminator(mc)}
 
 
-def _build_vae(cfg: TrainConfig, channels: int) -> dict[str, nn.Module]:
+def _build_resnet_gan(cfg: TrainConfig, channels: int, num_classes: int = 0) -> dict[str, nn.Module]:
+    # D is always spectrally normalized (SN-GAN), so cfg.spectral_norm changes nothing here
+    mc = ResNetGANConfig(resolution=cfg.resolution, img_channels=channels, z_dim=cfg.z_dim, width=cfg.width,
+                         num_classes=num_classes)
+    return {"G": resnet_gan.Generator(mc), "D": resnet_gan.Discriminator(mc)}
+
+
+def _build_vae(cfg: TrainConfig, channels: int, num_classes: int = 0) -> dict[str, nn.Module]:
     mc = VAEConfig(resolution=cfg.resolution, img_channels=channels, z_dim=cfg.z_dim, width=cfg.width,
-                   likelihood=cfg.recon_loss)
+                   likelihood=cfg.recon_loss, num_classes=num_classes)
     return {"vae": VAE(mc)}
 
 
 # name -> builder of the run's networks, keyed by the prefix their weights carry on disk
-MODELS = {"vae": _build_vae, "dcgan": _build_dcgan}
+MODELS = {"vae": _build_vae, "dcgan": _build_dcgan, "resnet_gan": _build_resnet_gan}
 
 
-def build_networks(cfg: TrainConfig, channels: int) -> dict[str, nn.Module]:
-    """The networks of a run, by role: {"G": ..., "D": ...} for GANs, {"vae": ...} for VAEs."""
-    return MODELS[cfg.model](cfg, channels)
+def build_networks(cfg: TrainConfig, channels: int, num_classes: int = 0) -> dict[str, nn.Module]:
+    """The networks of a run, by role: {"G": ..., "D": ...} for GANs, {"vae": ...} for VAEs.
+    `num_classes` > 0 builds the class-conditional networks (a run trained with `conditional`)."""
+    return MODELS[cfg.model](cfg, channels, num_classes)

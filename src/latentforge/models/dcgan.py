@@ -19,6 +19,13 @@ discriminator divides its weight by an estimate of its largest singular value (o
 iteration per forward in train mode), and the discriminator has no batch norm, as in SN-GAN.
 The parametrization keeps its own state (`parametrizations.weight.original`, `._u`, `._v`),
 which is saved and loaded with the rest of the state dict.
+
+Class conditioning (`num_classes` > 0; 0 = unconditional, exactly the networks above):
+the generator's batch norms become class-conditional (per-class gain and bias; de Vries et
+al. 2017, Miyato & Koyama 2018; see conditional.py), and the discriminator becomes a
+projection discriminator (Miyato & Koyama, "cGANs with Projection Discriminator", ICLR 2018,
+eq. 3): with phi(x) the flattened features before the last conv (N, ch * base * base) and
+psi that last conv (a linear map of phi), logit = psi(phi(x)) + <embed(c), phi(x)>.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .conditional import ConditionalBatchNorm2d, check_labels
 
 SUPPORTED = (28, 32, 64, 128)
 
@@ -49,18 +58,21 @@ class DCGANConfig:
     z_dim: int = 100  # latent size (paper: 100)
     width: int = 64  # ngf = ndf: channels of the layer next to the image; doubled per layer inward
     spectral_norm: bool = False  # discriminator: spectral norm on every conv, no batch norm (SN-GAN)
+    num_classes: int = 0  # 0 = unconditional; K > 0: conditional BN in G, projection in D
 
     def __post_init__(self) -> None:
         layout(self.resolution)  # raises on an unsupported resolution
         if self.img_channels not in (1, 3):
             raise ValueError(f"img_channels must be 1 or 3, got {self.img_channels}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
 
 
 def init_weights(module: nn.Module) -> None:
     """DCGAN paper, section 4: all weights from N(0, 0.02); batch norm gains from N(1, 0.02)."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.normal_(module.weight, 0.0, 0.02)
-    elif isinstance(module, nn.BatchNorm2d):
+    elif isinstance(module, nn.BatchNorm2d) and module.affine:  # (a conditional BN's own has no affine part)
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
 
@@ -71,25 +83,31 @@ class Generator(nn.Module):
         self.cfg = cfg
         base, n_up = layout(cfg.resolution)
         ch = cfg.width * 2 ** (n_up - 1)  # channels at base x base
+        k = cfg.num_classes
+        norm = (lambda n: ConditionalBatchNorm2d(n, k)) if k else nn.BatchNorm2d  # noqa: E731
         layers: list[nn.Module] = [
             nn.ConvTranspose2d(cfg.z_dim, ch, base, 1, 0, bias=False),  # (N, ch, base, base)
-            nn.BatchNorm2d(ch),
+            norm(ch),
             nn.ReLU(True),
         ]
         for _ in range(n_up - 1):  # each block: (N, ch, s, s) -> (N, ch/2, 2s, 2s)
-            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), norm(ch // 2), nn.ReLU(True)]
             ch //= 2
         layers += [nn.ConvTranspose2d(ch, cfg.img_channels, 4, 2, 1, bias=False), nn.Tanh()]  # (N, C, res, res)
         self.net = nn.Sequential(*layers)
         self.apply(init_weights)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """z (N, z_dim) -> images (N, C, res, res) in [-1, 1]. `c` must be None (unconditional)."""
-        if c is not None:
-            raise ValueError("this DCGAN is unconditional; pass c=None")
+        """z (N, z_dim), c (N,) int64 class indices (None when unconditional) -> images (N, C, res, res) in [-1, 1]."""
         if z.ndim != 2 or z.shape[1] != self.cfg.z_dim:
             raise ValueError(f"z must have shape (N, {self.cfg.z_dim}), got {tuple(z.shape)}")
-        return self.net(z[:, :, None, None])
+        check_labels(c, z.shape[0], self.cfg.num_classes, "DCGAN")
+        if c is None:
+            return self.net(z[:, :, None, None])
+        h = z[:, :, None, None]
+        for layer in self.net:  # the same layers, with the class passed to the conditional batch norms
+            h = layer(h, c) if isinstance(layer, ConditionalBatchNorm2d) else layer(h)
+        return h
 
 
 class Discriminator(nn.Module):
@@ -109,16 +127,23 @@ class Discriminator(nn.Module):
         layers += [nn.Conv2d(ch, 1, base, 1, 0, bias=False)]  # (N, 1, 1, 1): one logit per image
         self.net = nn.Sequential(*layers)
         self.apply(init_weights)
+        # projection (conditional only): one embedding row per class, as long as phi(x) = the last conv's input
+        self.embed = nn.Embedding(cfg.num_classes, ch * base * base) if cfg.num_classes else None
+        if self.embed is not None:
+            nn.init.normal_(self.embed.weight, 0.0, 0.02)
         if cfg.spectral_norm:  # after init: the parametrization wraps the initialized weight
-            for m in self.net:
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
+            for m in [*self.net, self.embed]:
+                if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):
                     nn.utils.parametrizations.spectral_norm(m)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """images (N, C, res, res) -> logits (N,). `c` must be None (unconditional)."""
-        if c is not None:
-            raise ValueError("this DCGAN is unconditional; pass c=None")
+        """images (N, C, res, res), c (N,) int64 class indices (None when unconditional) -> logits (N,)."""
         r, ch = self.cfg.resolution, self.cfg.img_channels
         if x.ndim != 4 or x.shape[1:] != (ch, r, r):
             raise ValueError(f"images must have shape (N, {ch}, {r}, {r}), got {tuple(x.shape)}")
-        return self.net(x).flatten()
+        check_labels(c, x.shape[0], self.cfg.num_classes, "DCGAN")
+        if self.embed is None:
+            return self.net(x).flatten()
+        phi = self.net[:-1](x)  # (N, ch, base, base): the features the last conv reads
+        logit = self.net[-1](phi).flatten()  # psi(phi(x)), (N,)
+        return logit + (self.embed(c) * phi.flatten(1)).sum(1)  # + <embed(c), phi(x)>

@@ -11,6 +11,13 @@ The decoder's raw output parameterizes the likelihood p(x|z) of pixels in [0, 1]
 The loss (negative ELBO) lives in latentforge.losses; this file is the network only.
 
 Layer arithmetic is the DCGAN one (see dcgan.py): res = base * 2**n, base = 7 for 28 px, else 4.
+
+Conditional VAE (num_classes = K > 0; 0 = unconditional, exactly the network above): Sohn, Lee &
+Yan, "Learning Structured Output Representation using Deep Conditional Generative Models",
+NeurIPS 2015. The class c enters both sides as a one-hot vector y:
+  encoder  q(z | x, y): y as K extra constant input channels, (N, C + K, res, res)
+  decoder  p(x | z, y): [z, y] (N, z_dim + K) into the first linear layer
+The prior stays N(0, I), so the loss is unchanged; sampling draws z ~ N(0, I) and picks y.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .conditional import check_labels
 from .dcgan import layout
 
 LIKELIHOODS = ("bce", "mse")
@@ -32,6 +41,7 @@ class VAEConfig:
     z_dim: int = 32  # latent size
     width: int = 64  # channels of the first encoder conv; doubled per layer inward
     likelihood: str = "bce"  # "bce" (Bernoulli) or "mse" (Gaussian with fixed std)
+    num_classes: int = 0  # 0 = unconditional; K > 0: conditional VAE, one-hot class into encoder and decoder
 
     def __post_init__(self) -> None:
         layout(self.resolution)
@@ -39,6 +49,8 @@ class VAEConfig:
             raise ValueError(f"img_channels must be 1 or 3, got {self.img_channels}")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
 
 
 @dataclass
@@ -54,8 +66,8 @@ class VAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         base, n = layout(cfg.resolution)
-        ch = cfg.width
-        enc: list[nn.Module] = [nn.Conv2d(cfg.img_channels, ch, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        ch, k = cfg.width, cfg.num_classes
+        enc: list[nn.Module] = [nn.Conv2d(cfg.img_channels + k, ch, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
         for _ in range(n - 1):  # (N, ch, 2s, 2s) -> (N, 2ch, s, s)
             enc += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, inplace=True)]
             ch *= 2
@@ -63,7 +75,7 @@ class VAE(nn.Module):
         self.to_stats = nn.Linear(ch * base * base, 2 * cfg.z_dim)  # -> (mu, logvar)
 
         self._top = (ch, base, base)
-        self.from_z = nn.Sequential(nn.Linear(cfg.z_dim, ch * base * base), nn.ReLU(True))
+        self.from_z = nn.Sequential(nn.Linear(cfg.z_dim + k, ch * base * base), nn.ReLU(True))
         dec: list[nn.Module] = []
         for _ in range(n - 1):  # (N, ch, s, s) -> (N, ch/2, 2s, 2s)
             dec += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
@@ -76,20 +88,26 @@ class VAE(nn.Module):
         if x.ndim != 4 or x.shape[1:] != (c, r, r):
             raise ValueError(f"images must have shape (N, {c}, {r}, {r}), got {tuple(x.shape)}")
 
+    def _one_hot(self, c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(c, self.cfg.num_classes).to(like.dtype)  # (N, K)
+
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """images in [-1, 1] (N, C, res, res) -> (mu, logvar), each (N, z_dim)."""
-        if c is not None:
-            raise ValueError("this VAE is unconditional; pass c=None")
+        """images in [-1, 1] (N, C, res, res), c (N,) int64 classes or None -> (mu, logvar), each (N, z_dim)."""
         self._check_images(x)
+        check_labels(c, x.shape[0], self.cfg.num_classes, "VAE")
+        if c is not None:  # one-hot class as K constant channels: (N, C + K, res, res)
+            y = self._one_hot(c, x)[:, :, None, None].expand(-1, -1, *x.shape[2:])
+            x = torch.cat([x, y], dim=1)
         mu, logvar = self.to_stats(self.encoder(x)).chunk(2, dim=1)
         return mu, logvar
 
     def decode_raw(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """z (N, z_dim) -> likelihood parameters (N, C, res, res): logits ("bce") or means ("mse")."""
-        if c is not None:
-            raise ValueError("this VAE is unconditional; pass c=None")
+        """z (N, z_dim), c (N,) or None -> likelihood parameters (N, C, res, res): logits ("bce") or means ("mse")."""
         if z.ndim != 2 or z.shape[1] != self.cfg.z_dim:
             raise ValueError(f"z must have shape (N, {self.cfg.z_dim}), got {tuple(z.shape)}")
+        check_labels(c, z.shape[0], self.cfg.num_classes, "VAE")
+        if c is not None:
+            z = torch.cat([z, self._one_hot(c, z)], dim=1)  # (N, z_dim + K)
         return self.decoder(self.from_z(z).view(-1, *self._top))
 
     def to_image(self, decoded: torch.Tensor) -> torch.Tensor:

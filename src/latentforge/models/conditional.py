@@ -1,0 +1,50 @@
+"""Class conditioning shared verbatim by the GAN generators and discriminators.
+
+    ConditionalBatchNorm2d   batch norm whose gain and bias are looked up per class
+                             (de Vries et al. 2017, "Modulating early visual processing by
+                             language"; Miyato & Koyama 2018, "cGANs with Projection Discriminator")
+    check_labels             the contract of a class-label argument `c`
+
+The projection discriminator itself (Miyato & Koyama 2018, eq. 3) is one line in each
+discriminator's forward: logit = psi(phi(x)) + <embed(c), phi(x)>, with phi(x) that
+discriminator's last features; see dcgan.py and resnet_gan.py.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def check_labels(c: torch.Tensor | None, n: int, num_classes: int, who: str) -> None:
+    """`c` must be None for an unconditional network (num_classes == 0), and an int64 (n,)
+    tensor of class indices in [0, num_classes) for a conditional one (the range is checked
+    on the CPU only, to keep a GPU forward free of host syncs)."""
+    if num_classes == 0:
+        if c is not None:
+            raise ValueError(f"this {who} is unconditional (num_classes=0); pass c=None")
+        return
+    if c is None:
+        raise ValueError(f"this {who} is class-conditional ({num_classes} classes); pass c, "
+                         "an int64 (N,) tensor of class indices")
+    if c.dtype != torch.long or tuple(c.shape) != (n,):
+        raise ValueError(f"c must be an int64 tensor of shape ({n},), got {c.dtype} {tuple(c.shape)}")
+    if n and c.device.type == "cpu" and (int(c.min()) < 0 or int(c.max()) >= num_classes):  # no GPU sync
+        raise ValueError(f"class indices must lie in [0, {num_classes}), got {c.min().item()}..{c.max().item()}")
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """y = BN(x) * gain[c] + bias[c]: batch statistics shared by all classes, the affine part
+    per class. (N, C, H, W), (N,) -> (N, C, H, W). Gains start at 1 and biases at 0, so at
+    initialization this is plain batch norm with the default affine part."""
+
+    def __init__(self, num_features: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(num_features, affine=False)
+        self.gain = nn.Embedding(num_classes, num_features)
+        self.bias = nn.Embedding(num_classes, num_features)
+        nn.init.ones_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.bn(x) * self.gain(c)[:, :, None, None] + self.bias(c)[:, :, None, None]
