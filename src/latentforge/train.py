@@ -30,6 +30,7 @@ from .checkpoint import STATE, WEIGHTS, append_jsonl, load_state, load_weights, 
 from .config import ConfigError, TrainConfig, read_run_config
 from .images import save_grid, to_float, to_uint8
 from .augment import diff_augment
+from .guard import Guard, Problem, TrainingDiverged
 from .losses import GAN_LOSSES, gradient_penalty, negative_elbo, r1_penalty
 from .models import build_networks
 
@@ -270,6 +271,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         nets["G_ema"] = make_ema(nets["G"])
     opts = _make_optimizers(nets, cfg)
     order = BatchOrder(len(images), cfg.batch_size, cfg.seed)
+    guard = Guard(cfg, nets, opts, images, device) if cfg.guard else None  # before a resume loads the optimizers
 
     state = RunState()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -280,6 +282,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         for role, opt in opts.items():
             opt.load_state_dict(st["optim"][role])
         torch.set_rng_state(st["rng_cpu"])
+        if guard is not None and "guard" in st:
+            guard.load_state_dict(st["guard"])
         if device.type == "cuda" and "rng_cuda" in st:
             torch.cuda.set_rng_state(st["rng_cuda"])
         state = RunState(step=int(st["step"]), elapsed=float(st["elapsed"]), best_fid=float(st["best_fid"]),
@@ -302,7 +306,21 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
               "optim": {role: opt.state_dict() for role, opt in opts.items()}, "rng_cpu": torch.get_rng_state()}
         if device.type == "cuda":
             st["rng_cuda"] = torch.cuda.get_rng_state()
+        if guard is not None:
+            st["guard"] = guard.state_dict()
         save_state(st, run_dir / STATE)
+
+    def recover(problem: Problem) -> None:
+        """The guard's answer to a failed step or check: back to the last good state, lower lrs."""
+        assert guard is not None
+        rec = guard.recover(problem, state.step)
+        state.step = rec.step
+        append_jsonl(run_dir / "metrics.jsonl", {"kind": "guard", "step": state.step, "time": round(state.elapsed, 3),
+                                                 **rec.row})
+        checkpoint()
+        log(rec.message)
+        if rec.gave_up:
+            raise TrainingDiverged(rec.message)
 
     def write_samples() -> None:
         grid = generate_images(nets, cfg, SAMPLE_GRID_SEEDS, device)
@@ -332,6 +350,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         task = bar.add_task(f"{cfg.model}", total=cfg.steps, completed=state.step, info="")
         if state.step == 0:
             write_samples()
+        if guard is not None:
+            guard.start(state.step)
         while state.step < cfg.steps:
             if stop.requested:
                 interrupted = True
@@ -353,6 +373,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                 out = vae_step(nets["vae"], opts["vae"], real, cfg)
             state.step += 1
             state.elapsed += time.perf_counter() - t0
+            problem = guard.inspect(out, state.step) if guard is not None else None
+            if problem is not None:
+                recover(problem)  # raises TrainingDiverged once the retries are used up
+                acc, acc_n, acc_t0, acc_step0 = {}, 0, time.perf_counter(), state.step
+                bar.update(task, completed=state.step)
+                continue
             for k, v in out.items():
                 if not math.isfinite(v):
                     checkpoint()
