@@ -79,11 +79,12 @@ def test_cli_preset_with_overrides_trains_and_records_the_preset(tiny_npz: Path,
     run = tmp_path / "run"
     r = CliRunner().invoke(app, ["train", "--preset", "fast-cpu", "--data", str(tiny_npz), "--width", "8",
                                  "--z-dim", "8", "--batch-size", "8", "--steps", "2", "--res", "28",
-                                 "--out", str(run), "--quiet"])
+                                 "--guard-every", "1", "--guard-lr-factor", "0.25", "--out", str(run), "--quiet"])
     assert r.exit_code == 0, r.output
     saved = json.loads((run / "config.json").read_text())
     assert saved["preset"] == "fast-cpu"
     assert (saved["width"], saved["batch_size"], saved["steps"]) == (8, 8, 2)  # the flags given
+    assert (saved["guard"], saved["guard_every"], saved["guard_lr_factor"]) == (True, 1, 0.25)
     assert (saved["loss"], saved["spectral_norm"], saved["ema_decay"], saved["max_minutes"]) == ("hinge", True, 0.999, 30.0)
     # a resume may not switch presets
     r = CliRunner().invoke(app, ["train", "--out", str(run), "--resume", "--preset", "quality"])

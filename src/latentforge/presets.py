@@ -20,13 +20,13 @@ from .config import ConfigError, TrainConfig
 
 
 def fast_cpu() -> dict[str, Any]:
-    """A usable Fashion-MNIST-sized GAN in half an hour on a CPU.
+    """Aim: a usable GAN on a small grayscale data set (Fashion-MNIST size) in half an hour on a CPU.
 
     DCGAN (Radford et al. 2016) at 28 px, the size of the MNIST-like data sets (nothing resized),
     at the paper's width 64, trained with the recipe of SN-GAN (Miyato et al. 2018): hinge loss,
     spectral norm in D, Adam with lr 2e-4 and betas (0, 0.9). One D step per G step, as in SAGAN
-    (Zhang et al. 2019), where SN-GAN takes 5: a third of the time per step. lr_d is left unset,
-    so it follows --lr. Samples come from an EMA of G's weights with decay 0.999 (Yazici et al.
+    (Zhang et al. 2019), where SN-GAN takes 5, which makes each step several times dearer. lr_d
+    is left unset, so it follows --lr. Samples come from an EMA of G's weights with decay 0.999 (Yazici et al.
     2019). Batch 64 as in SN-GAN. The time budget decides when to stop (30 min of training);
     steps is only an upper bound. Starting values, to be tuned on measured runs.
     """
@@ -35,7 +35,7 @@ def fast_cpu() -> dict[str, Any]:
 
 
 def quality() -> dict[str, Any]:
-    """The best samples this library can make, given a GPU and a day: a ResNet GAN at 32 px.
+    """Aim: sample quality over speed (a GPU is advised): a ResNet GAN at 32 px.
 
     The ResNet generator and discriminator of SN-GAN (Miyato et al. 2018), trained with their
     CIFAR-10 recipe: hinge loss, spectral norm in D, Adam with lr 2e-4 and betas (0, 0.9), batch

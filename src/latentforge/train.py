@@ -8,7 +8,8 @@
 Resume is exact: the data order is a pure function of (seed, step), and the RNG state is saved
 with every checkpoint, so a run stopped and resumed at a checkpoint takes the same steps as one
 that never stopped. A first Ctrl-C finishes the current step, writes a checkpoint and returns;
-a second one aborts at once.
+a second one aborts at once. The divergence guard (guard.py) watches the loop: on a NaN loss or
+a collapsed generator it rolls back to the last good state and lowers the learning rates.
 """
 
 from __future__ import annotations
