@@ -33,8 +33,9 @@ class UserError(Exception):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
+    from .guard import TrainingDiverged
 
-    errs: list[type[BaseException]] = [UserError, ConfigError, FileNotFoundError]
+    errs: list[type[BaseException]] = [UserError, ConfigError, FileNotFoundError, TrainingDiverged]
     try:
         from .data import DataError
 
@@ -59,6 +60,7 @@ def main() -> None:
 
 @app.command()
 def train(
+    ctx: typer.Context,
     model: Optional[str] = typer.Option(None, help="Model: vae, dcgan or resnet_gan (SN-GAN-style ResNet; D always spectrally normalized).  [default: dcgan]"),
     data: Optional[str] = typer.Option(None, help="Built-in data set (fashion-mnist, mnist[:train|:test]), a folder of images, or an .npz file.  [default: fashion-mnist:train]"),
     res: Optional[int] = typer.Option(None, "--res", help="Resolution in pixels: 28, 32, 64 or 128.  [default: 32]"),
@@ -89,6 +91,12 @@ def train(
     ema_decay: float = typer.Option(0.0, help="Keep an exponential moving average of G's weights, used for sampling (Karras et al. 2018; Yazici et al. 2019), e.g. 0.999; 0 = off."),
     augment: str = typer.Option("", help="Differentiable augmentation of every image D sees (Zhao et al. 2020): comma-separated from color, translation, cutout; empty = off."),
     conditional: bool = typer.Option(False, "--conditional", help="Class-conditional model on the data's labels: conditional batch norm in G and a projection D (Miyato & Koyama 2018), or a conditional VAE (Sohn et al. 2015). Needs labelled data (folders: one subfolder per class)."),
+    guard: bool = typer.Option(True, "--guard/--no-guard", help="Divergence guard: on a NaN/inf loss or a collapsed generator, roll back to the last good state, lower the learning rates and go on (see docs/guard.md)."),
+    guard_every: int = typer.Option(100, help="Steps between guard checks (weights finite; GANs: sample diversity); each passing check keeps a snapshot in memory."),
+    guard_max_retries: int = typer.Option(3, help="Recoveries with no passing check in between before training stops with an error."),
+    guard_lr_factor: float = typer.Option(0.5, help="Each recovery multiplies every learning rate by this, in (0, 1)."),
+    guard_min_diversity: float = typer.Option(0.25, help="GANs: collapse when the sample diversity falls below this fraction of both its best so far and the real data's; 0 = no collapse check."),
+    preset: str = typer.Option("none", help="Start from a named set of settings: fast-cpu, quality or none; flags you give override it. `--preset list` (or `latentforge presets`) shows them."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -99,11 +107,15 @@ def train(
     from .config import TrainConfig, read_run_config
     from .train import train as run_training
 
+    if preset == "list":
+        return presets()
     if resume:
         cfg, _ = read_run_config(out)  # the run's own settings; a user error if out holds no run
         for flag, given, saved in (("--model", model, cfg.model), ("--data", data, cfg.data), ("--res", res, cfg.resolution)):
             if given is not None and given != saved:
                 raise UserError(f"--resume: {out} was trained with {flag} {saved}; it cannot change to {given}")
+        if _given(ctx, "preset") and preset != cfg.preset:
+            raise UserError(f"--resume: {out} was started with --preset {cfg.preset}; it cannot change to {preset}")
         if steps is not None:
             cfg.steps = steps
         if max_minutes:
@@ -117,7 +129,13 @@ def train(
             checkpoint_every=checkpoint_every, eval_every=eval_every, eval_n=eval_n, eval_ref=eval_ref, device=device,
             loss=loss, gp_weight=gp_weight, r1_gamma=r1_gamma, n_critic=n_critic, spectral_norm=spectral_norm,
             lr_d=lr_d, ema_decay=ema_decay, augment=augment, conditional=conditional,
+            guard=guard, guard_every=guard_every, guard_max_retries=guard_max_retries, guard_lr_factor=guard_lr_factor,
+            guard_min_diversity=guard_min_diversity,
         )
+        if preset != "none":
+            from .presets import apply_preset
+
+            cfg = apply_preset(cfg, preset, explicit={_FLAG_FIELDS.get(p, p) for p in ctx.params if _given(ctx, p)})
     result = run_training(cfg, resume=resume, progress=not quiet, log=lambda m: console.print(m, highlight=False))
     samples = sorted((result.run_dir / "samples").glob("step_*.png"))
     console.print(f"run: {result.run_dir}  step {result.step}  ({result.elapsed:.0f} s of training)", highlight=False)
@@ -125,6 +143,26 @@ def train(
         console.print(f"latest samples: {samples[-1]}", highlight=False)
     if result.interrupted:
         raise typer.Exit(130)
+
+
+_FLAG_FIELDS = {"res": "resolution"}  # train's parameter names that differ from their TrainConfig field
+
+
+def _given(ctx: typer.Context, param: str) -> bool:
+    """Whether the user set `param` (on the command line or through the environment), not its default."""
+    source = ctx.get_parameter_source(param)  # by name: typer may bring its own copy of click's enum
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+@app.command()
+def presets() -> None:
+    """List the training presets: what each one sets, and where its values come from.
+
+    Example: latentforge presets
+    """
+    from .presets import describe_presets
+
+    print(describe_presets())
 
 
 # ------------------------------------------------------------------------------------ sample

@@ -62,6 +62,13 @@ class TrainConfig:
 
     # class conditioning on the data's labels (GAN: conditional BN in G + projection D; VAE: CVAE)
     conditional: bool = False
+    # divergence guard (guard.py): only observes a healthy run, which trains identically with it on or off
+    guard: bool = True  # on a NaN/inf loss or a collapsed G: roll back to the last good state, lower the lrs, go on
+    guard_every: int = 100  # steps between checks (weights finite; GANs: G's sample diversity) and snapshots
+    guard_max_retries: int = 3  # recoveries with no passing check in between before stopping with an error
+    guard_lr_factor: float = 0.5  # every learning rate is multiplied by this at each recovery; in (0, 1)
+    guard_min_diversity: float = 0.25  # collapse: diversity < this x min(best so far, real data's); 0 = no check
+    preset: str = "none"  # the preset (presets.py) the values started from; a record only, never re-applied
 
     # model shape
     z_dim: int | None = None  # latent size; None = 100 for dcgan (paper), 128 for resnet_gan (SN-GAN), 32 for vae
@@ -126,6 +133,13 @@ class TrainConfig:
             raise ConfigError(f"beta must be >= 0, got {self.beta}")
         if self.gaussian_sigma <= 0:
             raise ConfigError(f"gaussian_sigma must be positive, got {self.gaussian_sigma}")
+        if self.guard_every <= 0 or self.guard_max_retries < 0:
+            raise ConfigError(f"guard_every must be positive and guard_max_retries >= 0, got {self.guard_every} "
+                              f"and {self.guard_max_retries}")
+        if not 0 < self.guard_lr_factor < 1:
+            raise ConfigError(f"guard_lr_factor must lie in (0, 1), got {self.guard_lr_factor}")
+        if not 0 <= self.guard_min_diversity < 1:
+            raise ConfigError(f"guard_min_diversity must lie in [0, 1), got {self.guard_min_diversity}")
         if self.z_dim is None:
             self.z_dim = 100 if self.model == "dcgan" else 128 if self.model == "resnet_gan" else 32
         if self.z_dim <= 0:

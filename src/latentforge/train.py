@@ -8,7 +8,8 @@
 Resume is exact: the data order is a pure function of (seed, step), and the RNG state is saved
 with every checkpoint, so a run stopped and resumed at a checkpoint takes the same steps as one
 that never stopped. A first Ctrl-C finishes the current step, writes a checkpoint and returns;
-a second one aborts at once.
+a second one aborts at once. The divergence guard (guard.py) watches the loop: on a NaN loss or
+a collapsed generator it rolls back to the last good state and lowers the learning rates.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .checkpoint import STATE, WEIGHTS, append_jsonl, load_state, load_weights, 
 from .config import ConfigError, TrainConfig, read_run_config
 from .images import save_grid, to_float, to_uint8
 from .augment import diff_augment
+from .guard import Guard, Problem, TrainingDiverged
 from .losses import GAN_LOSSES, gradient_penalty, negative_elbo, r1_penalty
 from .models import build_networks
 
@@ -318,6 +320,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         nets["G_ema"] = make_ema(nets["G"])
     opts = _make_optimizers(nets, cfg)
     order = BatchOrder(len(images), cfg.batch_size, cfg.seed)
+    guard = Guard(cfg, nets, opts, images, device) if cfg.guard else None  # before a resume loads the optimizers
 
     state = RunState()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -328,6 +331,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         for role, opt in opts.items():
             opt.load_state_dict(st["optim"][role])
         torch.set_rng_state(st["rng_cpu"])
+        if guard is not None and "guard" in st:
+            guard.load_state_dict(st["guard"])
         if device.type == "cuda" and "rng_cuda" in st:
             torch.cuda.set_rng_state(st["rng_cuda"])
         state = RunState(step=int(st["step"]), elapsed=float(st["elapsed"]), best_fid=float(st["best_fid"]),
@@ -352,7 +357,21 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
               "optim": {role: opt.state_dict() for role, opt in opts.items()}, "rng_cpu": torch.get_rng_state()}
         if device.type == "cuda":
             st["rng_cuda"] = torch.cuda.get_rng_state()
+        if guard is not None:
+            st["guard"] = guard.state_dict()
         save_state(st, run_dir / STATE)
+
+    def recover(problem: Problem) -> None:
+        """The guard's answer to a failed step or check: back to the last good state, lower lrs."""
+        assert guard is not None
+        rec = guard.recover(problem, state.step)
+        state.step = rec.step
+        append_jsonl(run_dir / "metrics.jsonl", {"kind": "guard", "step": state.step, "time": round(state.elapsed, 3),
+                                                 **rec.row})
+        checkpoint()
+        log(rec.message)
+        if rec.gave_up:
+            raise TrainingDiverged(rec.message)
 
     def write_samples() -> None:
         grid = generate_images(nets, cfg, SAMPLE_GRID_SEEDS, device)
@@ -383,6 +402,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         task = bar.add_task(f"{cfg.model}", total=cfg.steps, completed=state.step, info="")
         if state.step == 0:
             write_samples()
+        if guard is not None:
+            guard.start(state.step)
         while state.step < cfg.steps:
             if stop.requested:
                 interrupted = True
@@ -407,6 +428,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                 out = vae_step(nets["vae"], opts["vae"], real, cfg, labels=None if labels is None else labels[idx])
             state.step += 1
             state.elapsed += time.perf_counter() - t0
+            problem = guard.inspect(out, state.step) if guard is not None else None
+            if problem is not None:
+                recover(problem)  # raises TrainingDiverged once the retries are used up
+                acc, acc_n, acc_t0, acc_step0 = {}, 0, time.perf_counter(), state.step
+                bar.update(task, completed=state.step)
+                continue
             for k, v in out.items():
                 if not math.isfinite(v):
                     checkpoint()
