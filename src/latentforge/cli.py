@@ -61,7 +61,7 @@ def main() -> None:
 @app.command()
 def train(
     ctx: typer.Context,
-    model: Optional[str] = typer.Option(None, help="Model: vae, dcgan or resnet_gan (SN-GAN-style ResNet; D always spectrally normalized).  [default: dcgan]"),
+    model: Optional[str] = typer.Option(None, help="Model: vae, dcgan, resnet_gan (SN-GAN-style ResNet; D always spectrally normalized) or vae_gan (a VAE trained against a patch discriminator).  [default: dcgan]"),
     data: Optional[str] = typer.Option(None, help="Built-in data set (fashion-mnist, mnist[:train|:test]), a folder of images, or an .npz file.  [default: fashion-mnist:train]"),
     res: Optional[int] = typer.Option(None, "--res", help="Resolution in pixels: 28, 32, 64 or 128.  [default: 32]"),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps to train, in total (on --resume: how far to continue).  [default: 2000]"),
@@ -97,6 +97,10 @@ def train(
     guard_lr_factor: float = typer.Option(0.5, help="Each recovery multiplies every learning rate by this, in (0, 1)."),
     guard_min_diversity: float = typer.Option(0.25, help="GANs: collapse when the sample diversity falls below this fraction of both its best so far and the real data's; 0 = no collapse check."),
     preset: str = typer.Option("none", help="Start from a named set of settings: fast-cpu, quality or none; flags you give override it. `--preset list` (or `latentforge presets`) shows them."),
+    adv_weight: float = typer.Option(0.1, help="vae_gan: weight of the decoder's adversarial loss; with --adv-adaptive, a factor on VQGAN's adaptive weight (Esser et al. 2021)."),
+    adv_adaptive: bool = typer.Option(True, "--adv-adaptive/--no-adv-adaptive", help="vae_gan: scale --adv-weight so the adversarial gradient at the decoder's last layer matches the reconstruction gradient's size (VQGAN eq. 7); off: --adv-weight is absolute, against the -ELBO in nats per image."),
+    adv_start: int = typer.Option(0, help="vae_gan: steps of plain VAE training before the discriminator starts."),
+    fm_weight: float = typer.Option(0.0, help="vae_gan: weight of feature matching, the L1 distance of the discriminator's features of an image and its reconstruction, per pixel (Larsen et al. 2016); 0 = off."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -131,6 +135,7 @@ def train(
             lr_d=lr_d, ema_decay=ema_decay, augment=augment, conditional=conditional,
             guard=guard, guard_every=guard_every, guard_max_retries=guard_max_retries, guard_lr_factor=guard_lr_factor,
             guard_min_diversity=guard_min_diversity,
+            adv_weight=adv_weight, adv_adaptive=adv_adaptive, adv_start=adv_start, fm_weight=fm_weight,
         )
         if preset != "none":
             from .presets import apply_preset

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 SUPPORTED_RESOLUTIONS = (28, 32, 64, 128)
-MODEL_NAMES = ("vae", "dcgan", "resnet_gan")
+MODEL_NAMES = ("vae", "dcgan", "resnet_gan", "vae_gan")
+VAE_FAMILY = ("vae", "vae_gan")  # models with an encoder and a decoder (the "vae" role)
 RECON_LOSSES = ("bce", "mse")
 GAN_LOSS_NAMES = ("ns", "hinge", "wgan")
 AUGMENT_POLICIES = ("color", "translation", "cutout")  # DiffAugment (Zhao et al. 2020); see augment.py
@@ -79,6 +80,12 @@ class TrainConfig:
     gaussian_sigma: float = 0.1  # std of the Gaussian likelihood, in [0,1] pixel units ("mse" only)
     beta: float = 1.0  # weight of the KL term (1 = the ELBO; >1 = beta-VAE, Higgins et al. 2017)
 
+    # VAE-GAN (model "vae_gan" only; Larsen et al. 2016, Esser et al. 2021): -ELBO + adversarial + feature matching
+    adv_weight: float = 0.1  # weight of the decoder's adversarial loss; with adv_adaptive a factor on the adaptive weight
+    adv_adaptive: bool = True  # scale adv_weight by ||grad recon|| / ||grad adv|| at the decoder's last layer (VQGAN eq. 7)
+    adv_start: int = 0  # steps of plain VAE training before the discriminator starts
+    fm_weight: float = 0.0  # feature matching: weight of the L1 distance of D's features of x and its reconstruction, per pixel
+
     # bookkeeping
     log_every: int = 50  # steps between metrics.jsonl train lines
     sample_every: int = 500  # steps between sample grids
@@ -140,14 +147,31 @@ class TrainConfig:
             raise ConfigError(f"guard_lr_factor must lie in (0, 1), got {self.guard_lr_factor}")
         if not 0 <= self.guard_min_diversity < 1:
             raise ConfigError(f"guard_min_diversity must lie in [0, 1), got {self.guard_min_diversity}")
+        self._check_vae_gan()
         if self.z_dim is None:
             self.z_dim = 100 if self.model == "dcgan" else 128 if self.model == "resnet_gan" else 32
         if self.z_dim <= 0:
             raise ConfigError(f"z_dim must be positive, got {self.z_dim}")
 
+    def _check_vae_gan(self) -> None:
+        if self.adv_weight < 0 or self.fm_weight < 0 or self.adv_start < 0:
+            raise ConfigError(f"adv_weight, fm_weight and adv_start must be >= 0, got "
+                              f"{self.adv_weight}, {self.fm_weight} and {self.adv_start}")
+        if self.model != "vae_gan":
+            return
+        if self.loss not in ("ns", "hinge"):
+            raise ConfigError(f"model vae_gan trains its discriminator with loss ns or hinge, got {self.loss!r}")
+        unsupported = {"conditional": self.conditional, "gp_weight": self.gp_weight != 0, "r1_gamma": self.r1_gamma != 0, "n_critic": self.n_critic != 1,
+                       "ema_decay": self.ema_decay != 0, "augment": self.augment != ""}
+        bad = [name for name, set_ in unsupported.items() if set_]
+        if bad:
+            raise ConfigError(f"model vae_gan does not support {', '.join(bad)}; leave it at its default "
+                              "(its options: loss, spectral_norm, lr_d, adv_weight, adv_adaptive, adv_start, fm_weight)")
+
     @property
     def family(self) -> str:
-        return "vae" if self.model == "vae" else "gan"
+        """"vae" for models with an encoder and decoder (vae, vae_gan), "gan" for generators."""
+        return "vae" if self.model in VAE_FAMILY else "gan"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -145,3 +145,37 @@ def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     `real_logits` = D(real) must have been computed from it."""
     (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
     return grad.pow(2).flatten(1).sum(1).mean()
+
+
+# ---------------------------------------------------------------- VAE-GAN (Larsen et al. 2016; Esser et al. 2021)
+
+
+def feature_matching(real_feats: Sequence[torch.Tensor], fake_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Discriminator feature matching between images and their reconstructions, per example:
+
+    FM(x, x_rec) = sum_l mean_i |D_l(x)_i - D_l(x_rec)_i|     (l: D's hidden layers; i: their elements)
+
+    Larsen et al. 2016 (section 2.2) measure reconstruction error in D's feature space rather than
+    pixel space; the L1 form summed over layers, each layer averaged over its elements, is the
+    feature-matching loss of Wang et al. 2018 (pix2pixHD, eq. 4). Lists of (N, ...) -> (N,).
+    The real features are the target: pass them detached.
+    """
+    if len(real_feats) != len(fake_feats) or not real_feats:
+        raise ValueError(f"need the same non-zero number of layers, got {len(real_feats)} and {len(fake_feats)}")
+    return sum((r - f).abs().flatten(1).mean(1) for r, f in zip(real_feats, fake_feats))  # type: ignore[return-value]
+
+
+def adaptive_adv_weight(rec_loss: torch.Tensor, adv_loss: torch.Tensor, last_layer: torch.Tensor,
+                        eps: float = 1e-4, max_weight: float = 1e4) -> torch.Tensor:
+    """VQGAN's adaptive weight of the adversarial loss, a constant (detached) scalar:
+
+    lambda = ||grad_{G_L} L_rec|| / (||grad_{G_L} L_GAN|| + delta),   clamped to [0, 1e4]
+
+    G_L is the decoder's last layer, delta = 1e-4. The adversarial gradient at that layer then has
+    the reconstruction gradient's size, whatever the two losses' scales. Esser, Rombach & Ommer
+    2021 ("Taming Transformers"), eq. 7, and their code's clamp. Both losses must depend on
+    `last_layer` through graphs that are kept (retain_graph) for the backward pass that follows.
+    """
+    (g_rec,) = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)
+    (g_adv,) = torch.autograd.grad(adv_loss, last_layer, retain_graph=True)
+    return (g_rec.norm() / (g_adv.norm() + eps)).clamp(0.0, max_weight).detach()

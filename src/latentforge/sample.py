@@ -215,6 +215,7 @@ def load(run_dir: str | Path, device: str = "auto", checkpoint: str = "latest", 
         nets = {"G": nets["G"]}
     else:
         load_weights(nets, path, roles=("vae",))
+        nets = {"vae": nets["vae"]}  # a VAE-GAN's discriminator is not needed either
     for net in nets.values():
         net.to(dev).eval()
     return Model(config=cfg, info=info, nets=nets, device=dev, run_dir=run_dir, checkpoint=checkpoint)

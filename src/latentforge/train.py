@@ -3,6 +3,7 @@
     gan_step  n_critic discriminator updates, one generator update, then the EMA of G
               (defaults: the DCGAN recipe; the loss, penalties, augmentation are parameters)
     vae_step  one update on the negative ELBO
+    vae_gan_step  the VAE on -ELBO + adversarial + feature matching, then its patch discriminator
     train     data -> networks -> loop (log, sample, evaluate, checkpoint) -> run directory
 
 Resume is exact: the data order is a pure function of (seed, step), and the RNG state is saved
@@ -32,8 +33,9 @@ from .config import ConfigError, TrainConfig, read_run_config
 from .images import save_grid, to_float, to_uint8
 from .augment import diff_augment
 from .guard import Guard, Problem, TrainingDiverged
-from .losses import GAN_LOSSES, gradient_penalty, negative_elbo, r1_penalty
+from .losses import GAN_LOSSES, adaptive_adv_weight, feature_matching, gradient_penalty, negative_elbo, r1_penalty
 from .models import build_networks
+from .models.vae_gan import PatchDiscriminator, decoder_last_layer
 
 SAMPLE_GRID_SEEDS = range(64)  # the fixed latents behind every samples/step_XXXXXX.png
 EVAL_SEED_OFFSET = 1_000_000  # seeds of the images generated for in-training evaluation
@@ -196,6 +198,61 @@ def vae_step(vae: nn.Module, opt: torch.optim.Optimizer, real: torch.Tensor, cfg
     parts.total.backward()
     opt.step()
     return {"loss/total": parts.total.item(), "loss/recon": parts.recon.item(), "loss/kl": parts.kl.item()}
+
+
+def vae_gan_step(vae: nn.Module, D: PatchDiscriminator, opt_vae: torch.optim.Optimizer, opt_D: torch.optim.Optimizer,
+                 real: torch.Tensor, cfg: TrainConfig, step: int) -> dict[str, float]:
+    """One VAE-GAN step (Larsen et al. 2016, with VQGAN's patch discriminator and adaptive weight):
+
+    1. the VAE (encoder + decoder) on
+           -ELBO + w * [L_G(D(x_rec)) + L_G(D(x_prior))] + fm_weight * C*H*W * FM(x, x_rec)
+       x_rec = decode(z ~ q(z|x)), x_prior = decode(z ~ N(0, I)); L_G is the generator half of
+       GAN_LOSSES[cfg.loss]; w = adv_weight, times the adaptive weight when adv_adaptive; FM is
+       losses.feature_matching on D's hidden features, times the pixel count so that, like the
+       pixel likelihood, it is a sum over the image (as latent diffusion's autoencoder weighs LPIPS);
+    2. D on real vs both kinds of fakes (detached): D's half of GAN_LOSSES[cfg.loss].
+    Before `cfg.adv_start` steps it is exactly vae_step: D is neither used nor updated.
+    `loss/total` stays the -ELBO, so that its curve compares with a plain VAE's.
+    """
+    out = vae(real)  # decoded (B, C, H, W) likelihood parameters; mu, logvar (B, z_dim)
+    parts = negative_elbo(out.decoded, real, out.mu, out.logvar, cfg.recon_loss, cfg.beta, cfg.gaussian_sigma)
+    logs = {"loss/total": parts.total.item(), "loss/recon": parts.recon.item(), "loss/kl": parts.kl.item()}
+    if step < cfg.adv_start:  # warm-up: a plain VAE step
+        opt_vae.zero_grad(set_to_none=True)
+        parts.total.backward()
+        opt_vae.step()
+        return logs
+    d_loss_fn, g_loss_fn = GAN_LOSSES[cfg.loss]
+    B = real.shape[0]
+
+    # 1. the VAE against a frozen D: fool it with reconstructions and with prior samples
+    recon = vae.to_image(out.decoded)  # (B, C, H, W) in [-1, 1]
+    prior = vae.decode(torch.randn_like(out.mu))  # (B, C, H, W) in [-1, 1]
+    fakes = torch.cat([recon, prior])  # (2B, C, H, W): one D call, one set of batch statistics
+    D.requires_grad_(False)
+    fake_logits, fake_feats = D.forward_features(fakes)  # (2B, 1, g, g), hidden features
+    adv = g_loss_fn(fake_logits[:B]) + g_loss_fn(fake_logits[B:])
+    w = torch.tensor(cfg.adv_weight, device=real.device)
+    if cfg.adv_adaptive and cfg.adv_weight > 0:
+        w = w * adaptive_adv_weight(parts.recon, adv, decoder_last_layer(vae))
+    total = parts.total + w * adv
+    if cfg.fm_weight > 0:
+        with torch.no_grad():
+            _, real_feats = D.forward_features(real)  # the target features
+        fm = feature_matching(real_feats, [f[:B] for f in fake_feats]).mean()
+        total = total + cfg.fm_weight * real[0].numel() * fm
+        logs["loss/fm"] = fm.item()
+    opt_vae.zero_grad(set_to_none=True)
+    total.backward()
+    opt_vae.step()
+    D.requires_grad_(True)
+
+    # 2. the discriminator: real up, reconstructions and prior samples down (no gradient to the VAE)
+    loss_D = d_loss_fn(D(real), D(fakes.detach()))
+    opt_D.zero_grad(set_to_none=True)
+    loss_D.backward()
+    opt_D.step()
+    return {**logs, "loss/G": adv.item(), "loss/D": loss_D.item(), "adv_weight": w.item()}
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -394,7 +451,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     for net in nets.values():
         net.train()
     acc: dict[str, float] = {}
-    acc_n, acc_t0, acc_step0 = 0, time.perf_counter(), state.step
+    acc_k: dict[str, int] = {}  # steps that reported each key (vae_gan reports its D terms only once D runs)
+    acc_t0, acc_step0 = time.perf_counter(), state.step
     last: dict[str, float] = {}
     interrupted = False
     bar = _progress_bar(progress)  # total and completed are set by add_task below
@@ -422,6 +480,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                                gp_weight=cfg.gp_weight, r1_gamma=cfg.r1_gamma, augment=cfg.augment,
                                G_ema=nets.get("G_ema"), ema_decay=cfg.ema_decay,
                                labels=None if labels is None else [labels[j] for j in idx], num_classes=num_classes)
+            elif cfg.model == "vae_gan":
+                real = to_float(images[order.indices(state.step)])  # (B, C, H, W) in [-1, 1]
+                out = vae_gan_step(nets["vae"], nets["D"], opts["vae"], opts["D"], real, cfg, state.step)
             else:
                 idx = order.indices(state.step)
                 real = to_float(images[idx])  # (B, C, H, W) in [-1, 1]
@@ -439,16 +500,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                     checkpoint()
                     raise FloatingPointError(f"{k} became {v} at step {state.step}; stopped (checkpoint written)")
                 acc[k] = acc.get(k, 0.0) + v
-            acc_n += 1
+                acc_k[k] = acc_k.get(k, 0) + 1
 
             if state.step % cfg.log_every == 0 or state.step == cfg.steps:
                 now = time.perf_counter()
-                last = {k: v / acc_n for k, v in acc.items()}
+                last = {k: v / acc_k[k] for k, v in acc.items()}
                 row = {"kind": "train", "step": state.step, "time": round(state.elapsed, 3),
                        "images_per_s": round((state.step - acc_step0) * cfg.batch_size / max(now - acc_t0, 1e-9), 2),
                        **{k: round(v, 6) for k, v in last.items()}}
                 append_jsonl(run_dir / "metrics.jsonl", row)
-                acc, acc_n, acc_t0, acc_step0 = {}, 0, now, state.step
+                acc, acc_k, acc_t0, acc_step0 = {}, {}, now, state.step
                 bar.update(task, info="  ".join(f"{k} {v:.3g}" for k, v in last.items()))
             if state.step % cfg.sample_every == 0 or state.step == cfg.steps:
                 write_samples()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..config import TrainConfig
@@ -9,9 +10,10 @@ from . import resnet_gan
 from .dcgan import DCGANConfig, Discriminator, Generator
 from .resnet_gan import ResNetGANConfig
 from .vae import VAE, VAEConfig, VAEOutput
+from .vae_gan import PatchDConfig, PatchDiscriminator
 
 __all__ = ["build_networks", "DCGANConfig", "Generator", "Discriminator", "ResNetGANConfig", "VAE", "VAEConfig",
-           "VAEOutput"]
+           "VAEOutput", "PatchDConfig", "PatchDiscriminator"]
 
 
 def _build_dcgan(cfg: TrainConfig, channels: int, num_classes: int = 0) -> dict[str, nn.Module]:
@@ -33,11 +35,24 @@ def _build_vae(cfg: TrainConfig, channels: int, num_classes: int = 0) -> dict[st
     return {"vae": VAE(mc)}
 
 
+def _build_vae_gan(cfg: TrainConfig, channels: int, num_classes: int = 0) -> dict[str, nn.Module]:
+    if num_classes:
+        raise ValueError("vae_gan has no conditional variant")
+    nets = _build_vae(cfg, channels)  # the same random draws as model "vae": the same initial VAE
+    # D comes from its own seeded stream, so the global random stream (the reparameterization
+    # noise) also matches model "vae" until the discriminator starts
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 1)
+        nets["D"] = PatchDiscriminator(PatchDConfig(resolution=cfg.resolution, img_channels=channels,
+                                                    width=cfg.width, spectral_norm=cfg.spectral_norm))
+    return nets
+
+
 # name -> builder of the run's networks, keyed by the prefix their weights carry on disk
-MODELS = {"vae": _build_vae, "dcgan": _build_dcgan, "resnet_gan": _build_resnet_gan}
+MODELS = {"vae": _build_vae, "dcgan": _build_dcgan, "resnet_gan": _build_resnet_gan, "vae_gan": _build_vae_gan}
 
 
 def build_networks(cfg: TrainConfig, channels: int, num_classes: int = 0) -> dict[str, nn.Module]:
-    """The networks of a run, by role: {"G": ..., "D": ...} for GANs, {"vae": ...} for VAEs.
-    `num_classes` > 0 builds the class-conditional networks (a run trained with `conditional`)."""
+    """The networks of a run, by role: {"G": ..., "D": ...} for GANs, {"vae": ...} for VAEs,
+    {"vae": ..., "D": ...} for the VAE-GAN. `num_classes` > 0 builds the class-conditional networks (a run trained with `conditional`)."""
     return MODELS[cfg.model](cfg, channels, num_classes)
