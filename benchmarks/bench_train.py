@@ -105,7 +105,8 @@ def main() -> int:
               "batch_size": args.batch_size, "processes": procs, "device": gpu or device.type,
               "torch_threads_per_process": threads, "precision": args.precision, "compile": args.compile,
               "channels_last": args.channels_last, "sync_bn": args.sync_bn, "timed_steps": timed,
-              "warmup_steps": args.warmup, "images_per_s": round(rate, 1), "ms_per_step": round(1000 * seconds / timed, 2),
+              "warmup_steps": args.warmup, "images_per_s": round(rate, 1),
+              "ms_per_step": round(1000 * seconds / timed, 2),
               "wall_s": round(wall, 1), "machine": {**info, "loadavg_after": loadavg()}}
     print(f"machine: {info['cpu']}, nproc {info['nproc']}, torch {info['torch']}, python {info['python']}"
           + (f", GPU {gpu}" if gpu else "") + f"; load average before {info['loadavg']}, after {loadavg()}")

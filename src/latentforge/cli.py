@@ -70,7 +70,7 @@ def train(
     res: Optional[int] = typer.Option(None, "--res", help="Resolution in pixels: 28, 32, 64 or 128.  [default: 32]"),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps to train, in total (on --resume: how far to continue).  [default: 2000]"),
     out: Path = typer.Option(Path("runs/run"), help="Run directory to create (or to continue with --resume)."),
-    batch_size: int = typer.Option(64, help="Images per step."),
+    batch_size: int = typer.Option(64, help="Images per step (under torchrun: the global batch, split over the processes)."),
     seed: int = typer.Option(0, help="Seed for weights, data order and noise."),
     max_minutes: float = typer.Option(0.0, help="Training-time budget in minutes (time spent in training steps, resumes included): stop with a checkpoint once reached; 0 = none."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint, with its own settings (only --steps may change)."),

@@ -301,9 +301,11 @@ def set_rng_state(st: dict[str, Any], device: torch.device, seed: int, step: int
         _noise_stream.set_state(st["rng_cpu"])
     ranks_cpu = st.get("rng_ranks_cpu")
     if ranks_cpu is not None and len(ranks_cpu) == world_size():
-        torch.set_rng_state(ranks_cpu[rank()])
+        # .clone(): a row of the (W, ...) tensor has a storage offset, which set_rng_state
+        # does not handle (it crashes the process in torch 2.13)
+        torch.set_rng_state(ranks_cpu[rank()].clone())
         if device.type == "cuda" and "rng_ranks_cuda" in st:
-            torch.cuda.set_rng_state(st["rng_ranks_cuda"][rank()], device)
+            torch.cuda.set_rng_state(st["rng_ranks_cuda"][rank()].clone(), device)
     else:
         torch.manual_seed(rank_seed(seed, rank(), step))
 
