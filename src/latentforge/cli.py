@@ -7,6 +7,7 @@ code 2, never a traceback. Bugs still show their traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -47,11 +48,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main() -> None:
     """Entry point: typer reports usage errors itself (exit 2); user errors raised by the
-    library become one red line and exit code 2."""
+    library become one red line and exit code 2. Under torchrun, a rank that fails says so and
+    takes the others down with it (distributed.failure_guard)."""
+    from .distributed import failure_guard
+
     try:
-        app()
+        with failure_guard(expected=_user_errors(), log=lambda m: console.print(m, highlight=False, markup=False)):
+            app()
     except _user_errors() as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        where = f"rank {os.environ.get('RANK', '?')}: " if os.environ.get("WORLD_SIZE", "1") != "1" else ""
+        console.print(f"[bold red]error:[/] {where}{e}", highlight=False)
         sys.exit(2)
 
 
@@ -66,7 +72,7 @@ def train(
     res: Optional[int] = typer.Option(None, "--res", help="Resolution in pixels: 28, 32, 64 or 128.  [default: 32]"),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps to train, in total (on --resume: how far to continue).  [default: 2000]"),
     out: Path = typer.Option(Path("runs/run"), help="Run directory to create (or to continue with --resume)."),
-    batch_size: int = typer.Option(64, help="Images per step."),
+    batch_size: int = typer.Option(64, help="Images per step (under torchrun: the global batch, split over the processes)."),
     seed: int = typer.Option(0, help="Seed for weights, data order and noise."),
     max_minutes: float = typer.Option(0.0, help="Training-time budget in minutes (time spent in training steps, resumes included): stop with a checkpoint once reached; 0 = none."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint, with its own settings (only --steps may change)."),
@@ -101,12 +107,19 @@ def train(
     adv_adaptive: bool = typer.Option(True, "--adv-adaptive/--no-adv-adaptive", help="vae_gan: scale --adv-weight so the adversarial gradient at the decoder's last layer matches the reconstruction gradient's size (VQGAN eq. 7); off: --adv-weight is absolute, against the -ELBO in nats per image."),
     adv_start: int = typer.Option(0, help="vae_gan: steps of plain VAE training before the discriminator starts."),
     fm_weight: float = typer.Option(0.0, help="vae_gan: weight of feature matching, the L1 distance of the discriminator's features of an image and its reconstruction, per pixel (Larsen et al. 2016); 0 = off."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = typer.Option("auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps. Under torchrun each process uses cuda:LOCAL_RANK (or the CPU)."),
+    precision: str = typer.Option("fp32", help="fp32; bf16 (autocast to bfloat16, no loss scaling needed); fp16 (autocast + loss scaling, CUDA only). See docs/DISTRIBUTED.md."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks (the first steps compile; slow to compile on a CPU)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last (NHWC) memory for weights and activations: faster convolutions on GPUs."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="Under torchrun: batch-norm statistics over the global batch instead of each process's share (then N processes train like one)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a model; everything goes into the run directory --out.
 
     Example: latentforge train --model vae --data fashion-mnist --res 32 --steps 2000 --out runs/vae
+
+    On 4 GPUs (--batch-size is the global batch, split over the processes):
+    torchrun --nproc-per-node 4 -m latentforge train --model dcgan --batch-size 256 --sync-bn --out runs/d
     """
     from .config import TrainConfig, read_run_config
     from .train import train as run_training
@@ -136,12 +149,17 @@ def train(
             guard=guard, guard_every=guard_every, guard_max_retries=guard_max_retries, guard_lr_factor=guard_lr_factor,
             guard_min_diversity=guard_min_diversity,
             adv_weight=adv_weight, adv_adaptive=adv_adaptive, adv_start=adv_start, fm_weight=fm_weight,
+            precision=precision, compile=compile_, channels_last=channels_last, sync_bn=sync_bn,
         )
         if preset != "none":
             from .presets import apply_preset
 
             cfg = apply_preset(cfg, preset, explicit={_FLAG_FIELDS.get(p, p) for p in ctx.params if _given(ctx, p)})
     result = run_training(cfg, resume=resume, progress=not quiet, log=lambda m: console.print(m, highlight=False))
+    from .distributed import is_main
+
+    if not is_main():
+        return
     samples = sorted((result.run_dir / "samples").glob("step_*.png"))
     console.print(f"run: {result.run_dir}  step {result.step}  ({result.elapsed:.0f} s of training)", highlight=False)
     if samples:
@@ -150,7 +168,7 @@ def train(
         raise typer.Exit(130)
 
 
-_FLAG_FIELDS = {"res": "resolution"}  # train's parameter names that differ from their TrainConfig field
+_FLAG_FIELDS = {"res": "resolution", "compile_": "compile"}  # train's parameter names that differ from their TrainConfig field
 
 
 def _given(ctx: typer.Context, param: str) -> bool:
@@ -191,32 +209,42 @@ def sample(
     Example: latentforge sample runs/dcgan --n 64 --seed 0 --out grid.png
 
     Conditional run: latentforge sample runs/cgan --class Sneaker --n 16 --out sneakers.png
+
+    Under torchrun the seeds are shared out over the processes (same images as one process):
+    torchrun --nproc-per-node 4 -m latentforge sample runs/dcgan --n 50000 --outdir fakes/
     """
+    from . import distributed
     from .explore import provenance
     from .images import save_grid, save_png
     from .sample import load
+    from .train import resolve_device
 
     if out is None and outdir is None:
         raise UserError("give --out GRID.png or --outdir DIR")
     if n <= 0:
         raise UserError(f"--n must be positive, got {n}")
-    m = load(run, device=device, checkpoint=checkpoint)
+    dev = distributed.setup(resolve_device(device))
+    m = load(run, device=str(dev), checkpoint=checkpoint)
     wanted = expand_classes(classes, n)
     labels = m.class_labels(n, wanted)  # None for an unconditional run (which refuses --class)
-    images = m.sample_tensor(n, seed, classes=labels)
+    mine, images = distributed.sample_sharded(m, n, seed, labels=labels)  # this process's share; all n in one process
     meta = provenance(m)
     names = [m.class_names[c] if m.class_names else str(c) for c in labels.tolist()] if labels is not None else None
     if out is not None:
         grid_classes = ",".join(dict.fromkeys(names)) if names else None
-        save_grid(images, out, nrow=nrow, upscale=scale,
-                  metadata={**meta, "seeds": f"{seed}-{seed + n - 1}", **({"classes": grid_classes} if names else {})})
-        console.print(f"wrote {out} ({n} images, seeds {seed}-{seed + n - 1}"
-                      f"{', classes ' + grid_classes if grid_classes else ''})", highlight=False)
+        everything = distributed.gather_rows(images)  # all n, in seed order
+        if distributed.is_main():
+            save_grid(everything, out, nrow=nrow, upscale=scale,
+                      metadata={**meta, "seeds": f"{seed}-{seed + n - 1}", **({"classes": grid_classes} if names else {})})
+            console.print(f"wrote {out} ({n} images, seeds {seed}-{seed + n - 1}"
+                          f"{', classes ' + grid_classes if grid_classes else ''})", highlight=False)
     if outdir is not None:
-        for i, img in enumerate(images):
+        for i, img in zip(mine, images):  # each process writes its own share
             extra = {"class": names[i]} if names else {}
             save_png(img, Path(outdir) / f"seed{seed + i:06d}.png", metadata={**meta, "seed": seed + i, **extra})
-        console.print(f"wrote {n} images to {outdir}/", highlight=False)
+        distributed.barrier()
+        if distributed.is_main():
+            console.print(f"wrote {n} images to {outdir}/", highlight=False)
 
 
 def expand_classes(classes: Optional[list[str]], n: int) -> Optional[str | list[str]]:
@@ -332,8 +360,13 @@ def eval_cmd(
     """FID, KID, precision/recall and memorization under a fixed, stated protocol.
 
     Example: latentforge eval runs/dcgan --ref fashion-mnist:test --n 10000 --json eval.json
+
+    Under torchrun the generation and the Inception features are shared out over the processes
+    (same numbers as one process): torchrun --nproc-per-node 4 -m latentforge eval runs/dcgan --n 50000
     """
-    from .metrics.evaluate import evaluate, evaluate_sets, format_table
+    from . import distributed
+    from .metrics.evaluate import default_extractor, evaluate, evaluate_sets, format_table
+    from .train import resolve_device
 
     wanted = tuple(m.strip() for m in metrics.split(",") if m.strip())
     allowed = {"fid", "kid", "pr", "memorization"}
@@ -342,28 +375,38 @@ def eval_cmd(
         raise UserError(f"unknown metric(s) {bad}; choose from {sorted(allowed)}")
     if run is not None and (real or fake):
         raise UserError("give either RUN or --real and --fake, not both")
+    if run is None and not (real and fake):
+        raise UserError("give a RUN directory, or both --real and --fake")
+    # Several processes: rank 0 computes the metrics, every feature extraction is shared out.
+    dev = distributed.setup(resolve_device(device))
+    extractor = lambda: default_extractor(str(dev))  # noqa: E731 - made on first use, in each process
     if run is None:
-        if not (real and fake):
-            raise UserError("give a RUN directory, or both --real and --fake")
         from .data import load_images
 
-        # Both at their native size: evaluate_sets brings the fakes to the real images' resolution.
-        real_data, fake_data = load_images(real), load_images(fake)
-        mem_dir = (json_out.parent if json_out else Path(".")) if "memorization" in wanted else None
-        result = evaluate_sets(real_data.images, fake_data.images, metrics=wanted, seed=seed, n=n,
-                               real_name=real, fake_name=fake, memorization_dir=mem_dir)
+        def on_sets(ext):  # type: ignore[no-untyped-def]
+            # Both at their native size: evaluate_sets brings the fakes to the real images' resolution.
+            real_data, fake_data = load_images(real), load_images(fake)
+            mem_dir = (json_out.parent if json_out else Path(".")) if "memorization" in wanted else None
+            return evaluate_sets(real_data.images, fake_data.images, metrics=wanted, seed=seed, n=n,
+                                 real_name=real, fake_name=fake, memorization_dir=mem_dir, extractor=ext)
+
+        result = distributed.evaluate_on_main(on_sets, extractor)
     else:
         from .sample import load
         from .train import default_eval_ref
 
-        m = load(run, device=device, checkpoint=checkpoint)
+        m = load(run, device=str(dev), checkpoint=checkpoint)
         ref = ref or default_eval_ref(m.config.data)
-        images = m.sample_tensor(n, seed)
+        images = distributed.gather_rows(distributed.sample_sharded(m, n, seed)[1])  # all n, in seed order
         mem_dir = (json_out.parent if json_out else run) if "memorization" in wanted else None
-        result = evaluate(images, ref, n=n, metrics=wanted, seed=seed, train_spec=m.config.data,
-                          memorization_dir=mem_dir, floor=floor)
-        result["run"] = str(run)
-        result["checkpoint"] = checkpoint
+        result = distributed.evaluate_on_main(
+            lambda ext: evaluate(images, ref, n=n, metrics=wanted, seed=seed, train_spec=m.config.data,
+                                 memorization_dir=mem_dir, floor=floor, extractor=ext), extractor)
+        if result is not None:
+            result["run"] = str(run)
+            result["checkpoint"] = checkpoint
+    if result is None:  # a process other than rank 0: it did its share
+        return
     print(format_table(result))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

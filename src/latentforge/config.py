@@ -18,6 +18,7 @@ VAE_FAMILY = ("vae", "vae_gan")  # models with an encoder and a decoder (the "va
 RECON_LOSSES = ("bce", "mse")
 GAN_LOSS_NAMES = ("ns", "hinge", "wgan")
 AUGMENT_POLICIES = ("color", "translation", "cutout")  # DiffAugment (Zhao et al. 2020); see augment.py
+PRECISIONS = ("fp32", "bf16", "fp16")  # see acceleration.py
 
 
 def parse_augment(policy: str) -> list[str]:
@@ -95,6 +96,12 @@ class TrainConfig:
     eval_ref: str | None = None  # reference data for evaluation; None = the data set's test split or itself
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
 
+    # speed and scale-out (acceleration.py, distributed.py); the defaults change nothing
+    precision: str = "fp32"  # "fp32"; "bf16": autocast to bfloat16; "fp16": autocast + loss scaling (CUDA)
+    compile: bool = False  # torch.compile the trained networks
+    channels_last: bool = False  # NHWC memory order for weights and activations
+    sync_bn: bool = False  # several processes: batch-norm statistics over the global batch, not per rank
+
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the run
 
     def __post_init__(self) -> None:
@@ -136,6 +143,11 @@ class TrainConfig:
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         parse_augment(self.augment)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.precision == "fp16" and (self.gp_weight > 0 or self.r1_gamma > 0):
+            raise ConfigError("--precision fp16 cannot be combined with --gp-weight or --r1-gamma (the penalties' "
+                              "input gradients underflow in float16); use --precision bf16")
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta}")
         if self.gaussian_sigma <= 0:
@@ -161,7 +173,8 @@ class TrainConfig:
             return
         if self.loss not in ("ns", "hinge"):
             raise ConfigError(f"model vae_gan trains its discriminator with loss ns or hinge, got {self.loss!r}")
-        unsupported = {"conditional": self.conditional, "gp_weight": self.gp_weight != 0, "r1_gamma": self.r1_gamma != 0, "n_critic": self.n_critic != 1,
+        unsupported = {"conditional": self.conditional, "precision": self.precision != "fp32", "compile": self.compile,
+                       "gp_weight": self.gp_weight != 0, "r1_gamma": self.r1_gamma != 0, "n_critic": self.n_critic != 1,
                        "ema_decay": self.ema_decay != 0, "augment": self.augment != ""}
         bad = [name for name, set_ in unsupported.items() if set_]
         if bad:

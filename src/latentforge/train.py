@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, acceleration, distributed
 from .checkpoint import STATE, WEIGHTS, append_jsonl, load_state, load_weights, save_state, save_weights, truncate_jsonl
 from .config import ConfigError, TrainConfig, read_run_config
 from .images import save_grid, to_float, to_uint8
@@ -37,6 +37,7 @@ from .losses import GAN_LOSSES, adaptive_adv_weight, feature_matching, gradient_
 from .models import build_networks
 from .models.vae_gan import PatchDiscriminator, decoder_last_layer
 
+_NO_LOSS_SCALING = torch.amp.GradScaler("cpu", enabled=False)  # scale(loss) is loss, step(opt) is opt.step()
 SAMPLE_GRID_SEEDS = range(64)  # the fixed latents behind every samples/step_XXXXXX.png
 EVAL_SEED_OFFSET = 1_000_000  # seeds of the images generated for in-training evaluation
 
@@ -99,19 +100,21 @@ def gan_step(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, opt_D: to
              real: torch.Tensor | Sequence[torch.Tensor], z_dim: int, *, loss: str = "ns", gp_weight: float = 0.0,
              r1_gamma: float = 0.0, augment: str = "", G_ema: nn.Module | None = None,
              ema_decay: float = 0.0, labels: torch.Tensor | Sequence[torch.Tensor] | None = None,
-             num_classes: int = 0) -> dict[str, float]:
+             num_classes: int = 0, scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
     """One GAN step: D update(s) on real vs fake, then G against the new D, then the EMA of G.
 
     `real` is one batch per D step (a single tensor = one D step; n_critic = the number of batches).
     `loss` names a pair in losses.GAN_LOSSES; `gp_weight` adds the WGAN-GP penalty, `r1_gamma`
     the R1 penalty (times gamma / 2); `augment` is a DiffAugment policy applied to every image D
-    sees. With the defaults this is exactly the DCGAN step with the non-saturating loss.
+    sees; `scaler` scales the losses under --precision fp16. With the defaults this is exactly the
+    DCGAN step with the non-saturating loss. G and D may be DistributedDataParallel-wrapped.
 
     Conditional GANs: `labels` holds the (B,) class indices of each real batch (same layout as
     `real`); each fake batch gets classes drawn uniformly from [0, num_classes), which both G
     and D see. The gradient penalty is taken with the real batch's classes.
     """
     d_loss_fn, g_loss_fn = GAN_LOSSES[loss]
+    scaler = scaler or _NO_LOSS_SCALING
     reals = [real] if isinstance(real, torch.Tensor) else list(real)
     real_labels = _conditional_labels(labels, len(reals), num_classes)
     aug = (lambda x: diff_augment(x, augment)) if augment else (lambda x: x)  # noqa: E731
@@ -120,7 +123,7 @@ def gan_step(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, opt_D: to
     # 1. discriminator, n_critic times: push D(x) up and D(G(z)) down; fake is detached so G gets
     #    no gradient here
     for real_i, c_real in zip(reals, real_labels):
-        z = torch.randn(real_i.shape[0], z_dim, device=real_i.device)  # (B, z_dim)
+        z = distributed.noise(real_i.shape[0], z_dim, real_i.device)  # (B, z_dim); torch.randn in one process
         c_fake = None if c_real is None else torch.randint(num_classes, (real_i.shape[0],), device=real_i.device)
         fake = G(z, c_fake)  # (B, C, H, W)
         real_in = aug(real_i)
@@ -139,15 +142,18 @@ def gan_step(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, opt_D: to
             total_D = total_D + r1_gamma / 2 * r1
             logs["loss/r1"] = r1.item()
         opt_D.zero_grad(set_to_none=True)
-        total_D.backward()
-        opt_D.step()
+        scaler.scale(total_D).backward()  # = total_D.backward() unless --precision fp16
+        scaler.step(opt_D)
+        scaler.update()
 
     # 2. generator: fool the just-updated discriminator, on the last D step's fakes
-    gen_logits = D(aug(fake), c_fake)
+    with distributed.no_grad_sync(D):  # D's gradients from this step are thrown away: not averaged over ranks
+        gen_logits = D(aug(fake), c_fake)
     loss_G = g_loss_fn(gen_logits)
     opt_G.zero_grad(set_to_none=True)
-    loss_G.backward()
-    opt_G.step()
+    scaler.scale(loss_G).backward()
+    scaler.step(opt_G)
+    scaler.update()
 
     # 3. exponential moving average of G's weights
     if G_ema is not None:
@@ -189,14 +195,16 @@ def make_ema(G: nn.Module) -> nn.Module:
 
 
 def vae_step(vae: nn.Module, opt: torch.optim.Optimizer, real: torch.Tensor, cfg: TrainConfig,
-             labels: torch.Tensor | None = None) -> dict[str, float]:
+             labels: torch.Tensor | None = None, scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
     """One step on the negative ELBO (reconstruction + beta * KL), reported per part.
     `labels` (B,): the classes of a conditional VAE (Sohn et al. 2015), None otherwise."""
+    scaler = scaler or _NO_LOSS_SCALING
     out = vae(real, labels)
     parts = negative_elbo(out.decoded, real, out.mu, out.logvar, cfg.recon_loss, cfg.beta, cfg.gaussian_sigma)
     opt.zero_grad(set_to_none=True)
-    parts.total.backward()
-    opt.step()
+    scaler.scale(parts.total).backward()  # = parts.total.backward() unless --precision fp16
+    scaler.step(opt)
+    scaler.update()
     return {"loss/total": parts.total.item(), "loss/recon": parts.recon.item(), "loss/kl": parts.kl.item()}
 
 
@@ -314,6 +322,23 @@ def _make_optimizers(nets: dict[str, nn.Module], cfg: TrainConfig) -> dict[str, 
             for role in nets if role in lrs}
 
 
+def step_networks(nets: dict[str, nn.Module], trained: Sequence[str], cfg: TrainConfig,
+                  device: torch.device) -> dict[str, nn.Module]:
+    """The modules the step functions call, sharing every weight with `nets` (which are saved and
+    sampled from): each trained network with --channels-last memory, --sync-bn batch norm
+    (several processes), under --precision autocast, in DistributedDataParallel (several
+    processes), compiled (--compile). With the defaults in one process: `nets` themselves.
+    `trained`: the roles with an optimizer (G_ema, which follows G, stays as it is)."""
+    out = dict(nets)
+    for role in trained:
+        if role in nets:
+            net = distributed.convert_sync_batchnorm(nets[role]) if cfg.sync_bn and distributed.is_distributed() \
+                else nets[role]
+            view = acceleration.autocast_view(net, cfg.precision, cfg.channels_last, device)
+            out[role] = acceleration.compile_net(distributed.ddp(view, device), cfg.compile)
+    return out
+
+
 class _StopFlag:
     """First SIGINT asks the loop to stop after the current step; a second one aborts."""
 
@@ -365,7 +390,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         saved.steps, saved.max_minutes = cfg.steps, cfg.max_minutes  # all a resume may change: how far to train
         cfg = saved
 
-    device = resolve_device(cfg.device)
+    device = distributed.setup(resolve_device(cfg.device))  # under torchrun: join the job, cuda:LOCAL_RANK
+    if cfg.model == "vae_gan" and distributed.is_distributed():
+        raise ConfigError("model vae_gan trains in one process; run it without torchrun")
+    distributed.barrier()  # every rank has checked --out before rank 0 writes into it
+    distributed.check_batch_size(cfg.batch_size)
+    acceleration.check(cfg, device)
+    if not distributed.is_main():  # rank 0 alone logs and writes files
+        log, progress = (lambda m: None), False
     torch.manual_seed(cfg.seed)
 
     data = load_images(cfg.data, res=cfg.resolution, channels=cfg.channels)
@@ -378,6 +410,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     opts = _make_optimizers(nets, cfg)
     order = BatchOrder(len(images), cfg.batch_size, cfg.seed)
     guard = Guard(cfg, nets, opts, images, device) if cfg.guard else None  # before a resume loads the optimizers
+    distributed.split_rng(cfg.seed, device)  # several processes: one z stream for all, a stream per rank inside
+    scaler = acceleration.grad_scaler(cfg.precision, device)
 
     state = RunState()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -387,20 +421,23 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         st = load_state(run_dir / STATE)
         for role, opt in opts.items():
             opt.load_state_dict(st["optim"][role])
-        torch.set_rng_state(st["rng_cpu"])
+        distributed.set_rng_state(st, device, cfg.seed, int(st["step"]))
         if guard is not None and "guard" in st:
             guard.load_state_dict(st["guard"])
-        if device.type == "cuda" and "rng_cuda" in st:
-            torch.cuda.set_rng_state(st["rng_cuda"])
+        if "scaler" in st:
+            scaler.load_state_dict(st["scaler"])
         state = RunState(step=int(st["step"]), elapsed=float(st["elapsed"]), best_fid=float(st["best_fid"]),
                          best_step=int(st["best_step"]))
-        truncate_jsonl(run_dir / "metrics.jsonl", state.step)
+        if distributed.is_main():
+            truncate_jsonl(run_dir / "metrics.jsonl", state.step)
         log(f"resuming {run_dir} at step {state.step} of {cfg.steps}")
     data_info = {"resolution": cfg.resolution, "channels": channels, "num_images": len(images),
                  "class_names": data.class_names, "skipped": len(data.skipped), "name": data.name}
     if num_classes:
         data_info["num_classes"] = num_classes
-    cfg.save(run_dir / "config.json", data_info=data_info, latentforge_version=__version__)
+    if distributed.is_main():
+        cfg.save(run_dir / "config.json", data_info=data_info, latentforge_version=__version__)
+    step_nets = step_networks(nets, list(opts), cfg, device)  # what the step functions call
 
     evaluator = None
     if cfg.eval_every:
@@ -409,13 +446,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         evaluator = InTrainingEvaluator(cfg.eval_ref or default_eval_ref(cfg.data), n=cfg.eval_n, seed=cfg.seed)
 
     def checkpoint() -> None:
+        rng = distributed.rng_state(device)  # with several processes a collective: every rank gets here
+        if not distributed.is_main():
+            return
         save_weights(nets, run_dir / WEIGHTS, metadata={"step": str(state.step), "model": cfg.model})
         st = {"step": state.step, "elapsed": state.elapsed, "best_fid": state.best_fid, "best_step": state.best_step,
-              "optim": {role: opt.state_dict() for role, opt in opts.items()}, "rng_cpu": torch.get_rng_state()}
-        if device.type == "cuda":
-            st["rng_cuda"] = torch.cuda.get_rng_state()
+              "optim": {role: opt.state_dict() for role, opt in opts.items()}, **rng}
         if guard is not None:
             st["guard"] = guard.state_dict()
+        if scaler.is_enabled():
+            st["scaler"] = scaler.state_dict()
         save_state(st, run_dir / STATE)
 
     def recover(problem: Problem) -> None:
@@ -423,14 +463,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         assert guard is not None
         rec = guard.recover(problem, state.step)
         state.step = rec.step
-        append_jsonl(run_dir / "metrics.jsonl", {"kind": "guard", "step": state.step, "time": round(state.elapsed, 3),
-                                                 **rec.row})
+        if distributed.is_main():
+            append_jsonl(run_dir / "metrics.jsonl",
+                         {"kind": "guard", "step": state.step, "time": round(state.elapsed, 3), **rec.row})
         checkpoint()
         log(rec.message)
         if rec.gave_up:
             raise TrainingDiverged(rec.message)
 
     def write_samples() -> None:
+        if not distributed.is_main():
+            return
         grid = generate_images(nets, cfg, SAMPLE_GRID_SEEDS, device)
         save_grid(grid, run_dir / "samples" / f"step_{state.step:06d}.png", nrow=sample_grid_nrow(num_classes),
                   upscale=2,
@@ -463,10 +506,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         if guard is not None:
             guard.start(state.step)
         while state.step < cfg.steps:
-            if stop.requested:
+            if distributed.any_rank(stop.requested):  # all ranks stop at the same step
                 interrupted = True
                 break
-            if cfg.max_minutes and state.elapsed >= cfg.max_minutes * 60:
+            if cfg.max_minutes and distributed.any_rank(state.elapsed >= cfg.max_minutes * 60):
                 log(f"time budget of {cfg.max_minutes:g} min of training reached at step {state.step}; stopping")
                 if state.step % cfg.sample_every:
                     write_samples()
@@ -474,25 +517,29 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             t0 = time.perf_counter()
             if cfg.family == "gan":
                 # D step i of step s takes batch s * n_critic + i: fresh data, a pure function of the step
-                idx = [order.indices(state.step * cfg.n_critic + i) for i in range(cfg.n_critic)]
+                # (several processes: rank r takes slice r of each global batch)
+                idx = [distributed.batch_slice(order.indices(state.step * cfg.n_critic + i)) for i in range(cfg.n_critic)]
                 reals = [to_float(images[j]) for j in idx]
-                out = gan_step(nets["G"], nets["D"], opts["G"], opts["D"], reals, cfg.z_dim, loss=cfg.loss,
+                out = gan_step(step_nets["G"], step_nets["D"], opts["G"], opts["D"], reals, cfg.z_dim, loss=cfg.loss,
                                gp_weight=cfg.gp_weight, r1_gamma=cfg.r1_gamma, augment=cfg.augment,
                                G_ema=nets.get("G_ema"), ema_decay=cfg.ema_decay,
-                               labels=None if labels is None else [labels[j] for j in idx], num_classes=num_classes)
-            elif cfg.model == "vae_gan":
+                               labels=None if labels is None else [labels[j] for j in idx], num_classes=num_classes,
+                               scaler=scaler)
+            elif cfg.model == "vae_gan":  # one process, fp32 (config.py refuses the rest)
                 real = to_float(images[order.indices(state.step)])  # (B, C, H, W) in [-1, 1]
                 out = vae_gan_step(nets["vae"], nets["D"], opts["vae"], opts["D"], real, cfg, state.step)
             else:
-                idx = order.indices(state.step)
+                idx = distributed.batch_slice(order.indices(state.step))
                 real = to_float(images[idx])  # (B, C, H, W) in [-1, 1]
-                out = vae_step(nets["vae"], opts["vae"], real, cfg, labels=None if labels is None else labels[idx])
+                out = vae_step(step_nets["vae"], opts["vae"], real, cfg, labels=None if labels is None else labels[idx],
+                               scaler=scaler)
+            out = distributed.mean_over_ranks(out)  # the global batch's losses, the same on every rank
             state.step += 1
             state.elapsed += time.perf_counter() - t0
             problem = guard.inspect(out, state.step) if guard is not None else None
             if problem is not None:
                 recover(problem)  # raises TrainingDiverged once the retries are used up
-                acc, acc_n, acc_t0, acc_step0 = {}, 0, time.perf_counter(), state.step
+                acc, acc_k, acc_t0, acc_step0 = {}, {}, time.perf_counter(), state.step
                 bar.update(task, completed=state.step)
                 continue
             for k, v in out.items():
@@ -508,12 +555,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                 row = {"kind": "train", "step": state.step, "time": round(state.elapsed, 3),
                        "images_per_s": round((state.step - acc_step0) * cfg.batch_size / max(now - acc_t0, 1e-9), 2),
                        **{k: round(v, 6) for k, v in last.items()}}
-                append_jsonl(run_dir / "metrics.jsonl", row)
+                if distributed.is_main():
+                    append_jsonl(run_dir / "metrics.jsonl", row)
                 acc, acc_k, acc_t0, acc_step0 = {}, {}, now, state.step
                 bar.update(task, info="  ".join(f"{k} {v:.3g}" for k, v in last.items()))
             if state.step % cfg.sample_every == 0 or state.step == cfg.steps:
                 write_samples()
-            if evaluator is not None and (state.step % cfg.eval_every == 0 or state.step == cfg.steps):
+            if evaluator is not None and distributed.is_main() and (state.step % cfg.eval_every == 0
+                                                                    or state.step == cfg.steps):
                 res = evaluate()
                 log(f"step {state.step}: FID {res['fid']:.2f}  KID {res['kid']:.4f}  (n={res['n']})")
             if state.step % cfg.checkpoint_every == 0:
