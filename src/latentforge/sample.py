@@ -69,16 +69,22 @@ class Model:
         z = z.to(self.device)
         return self.nets["G"](z) if self.family == "gan" else self.nets["vae"].decode(z)
 
-    def sample_tensor(self, n: int, seed: int = 0, batch_size: int = 256) -> torch.Tensor:
-        """uint8 (n, C, H, W) images from seeds seed .. seed + n - 1."""
+    def sample_tensor(self, n: int, seed: int = 0, batch_size: int = 256, sampler: str = "prior") -> torch.Tensor:
+        """uint8 (n, C, H, W) images from seeds seed .. seed + n - 1. `sampler` (VAEs): "prior"
+        (z ~ N(0, I)) or "gmm" (a mixture fitted to the training set's latents; see samplers.py)."""
         if n <= 0:
             raise ValueError(f"n must be positive, got {n}")
-        return generate_images(self.nets, self.config, range(seed, seed + n), self.device, batch_size)
+        if sampler == "prior":
+            return generate_images(self.nets, self.config, range(seed, seed + n), self.device, batch_size)
+        from .samplers import sampler_latents
 
-    def sample(self, n: int, seed: int = 0, batch_size: int = 256) -> np.ndarray:
+        z = sampler_latents(self, range(seed, seed + n), sampler)  # (n, z_dim), latent i from seed + i
+        return torch.cat([to_uint8(self.decode(z[i : i + batch_size])).cpu() for i in range(0, n, batch_size)])
+
+    def sample(self, n: int, seed: int = 0, batch_size: int = 256, sampler: str = "prior") -> np.ndarray:
         """uint8 numpy (n, H, W, C) images; image i comes from seed `seed + i`, so the same seed
-        always gives the same image."""
-        return to_hwc_numpy(self.sample_tensor(n, seed, batch_size))
+        always gives the same image. VAEs: sampler="gmm" draws latents from the ex-post mixture."""
+        return to_hwc_numpy(self.sample_tensor(n, seed, batch_size, sampler))
 
     # ------------------------------------------------------------------ VAE only
 

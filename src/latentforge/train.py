@@ -32,6 +32,7 @@ from .images import save_grid, to_float, to_uint8
 from .augment import diff_augment
 from .losses import GAN_LOSSES, gradient_penalty, negative_elbo, r1_penalty
 from .models import build_networks
+from .vae_tools import active_units_row, kl_weight
 
 SAMPLE_GRID_SEEDS = range(64)  # the fixed latents behind every samples/step_XXXXXX.png
 EVAL_SEED_OFFSET = 1_000_000  # seeds of the images generated for in-training evaluation
@@ -164,10 +165,15 @@ def make_ema(G: nn.Module) -> nn.Module:
     return copy.deepcopy(G).requires_grad_(False)
 
 
-def vae_step(vae: nn.Module, opt: torch.optim.Optimizer, real: torch.Tensor, cfg: TrainConfig) -> dict[str, float]:
-    """One step on the negative ELBO (reconstruction + beta * KL), reported per part."""
+def vae_step(vae: nn.Module, opt: torch.optim.Optimizer, real: torch.Tensor, cfg: TrainConfig,
+             kl_weight: float | None = None) -> dict[str, float]:
+    """One step on the negative ELBO (reconstruction + weight * KL), reported per part.
+    `kl_weight`: the KL weight of this step (see vae_tools.kl_weight); None = cfg.beta.
+    With cfg.free_bits > 0 the KL term is clamped per latent dimension (losses.kl_free_bits)."""
     out = vae(real)
-    parts = negative_elbo(out.decoded, real, out.mu, out.logvar, cfg.recon_loss, cfg.beta, cfg.gaussian_sigma)
+    weight = cfg.beta if kl_weight is None else kl_weight
+    parts = negative_elbo(out.decoded, real, out.mu, out.logvar, cfg.recon_loss, weight, cfg.gaussian_sigma,
+                          free_bits=cfg.free_bits)
     opt.zero_grad(set_to_none=True)
     parts.total.backward()
     opt.step()
@@ -327,6 +333,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     acc_n, acc_t0, acc_step0 = 0, time.perf_counter(), state.step
     last: dict[str, float] = {}
     interrupted = False
+    start_step, kl_w = state.step, None  # kl_w: the VAE's KL weight in the latest step
     bar = _progress_bar(progress)  # total and completed are set by add_task below
     with _StopFlag() as stop, bar:
         task = bar.add_task(f"{cfg.model}", total=cfg.steps, completed=state.step, info="")
@@ -350,7 +357,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                                G_ema=nets.get("G_ema"), ema_decay=cfg.ema_decay)
             else:
                 real = to_float(images[order.indices(state.step)])  # (B, C, H, W) in [-1, 1]
-                out = vae_step(nets["vae"], opts["vae"], real, cfg)
+                kl_w = kl_weight(state.step, cfg)
+                out = vae_step(nets["vae"], opts["vae"], real, cfg, kl_weight=kl_w)
             state.step += 1
             state.elapsed += time.perf_counter() - t0
             for k, v in out.items():
@@ -366,6 +374,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                 row = {"kind": "train", "step": state.step, "time": round(state.elapsed, 3),
                        "images_per_s": round((state.step - acc_step0) * cfg.batch_size / max(now - acc_t0, 1e-9), 2),
                        **{k: round(v, 6) for k, v in last.items()}}
+                if kl_w is not None:
+                    row["kl_weight"] = round(kl_w, 6)
                 append_jsonl(run_dir / "metrics.jsonl", row)
                 acc, acc_n, acc_t0, acc_step0 = {}, 0, now, state.step
                 bar.update(task, info="  ".join(f"{k} {v:.3g}" for k, v in last.items()))
@@ -378,6 +388,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                 checkpoint()
             bar.update(task, completed=state.step)
         checkpoint()
+    if cfg.family == "vae" and not interrupted and state.step > start_step:
+        au = active_units_row(nets["vae"], images, cfg.seed)  # Burda et al. 2016, on the training images
+        append_jsonl(run_dir / "metrics.jsonl", {"kind": "active_units", "step": state.step,
+                                                 "time": round(state.elapsed, 3), **au})
+        log(f"active units: {au['active_units']} of {au['z_dim']} latent dimensions (on {au['n']} training images)")
     if interrupted:
         log(f"interrupted: checkpoint written at step {state.step}; continue with --resume")
     return TrainResult(run_dir=run_dir, step=state.step, interrupted=interrupted, elapsed=state.elapsed, last_metrics=last)
