@@ -478,6 +478,14 @@ def test_cli_vae_options_are_refused_for_gan_runs(tiny_npz: Path, tmp_path: Path
     assert isinstance(r.exception, UserError) and "needs a VAE run" in str(r.exception)
     r = invoke("eval", "--real", str(tiny_npz), "--fake", str(tiny_npz), "--recon")
     assert isinstance(r.exception, UserError) and "give RUN" in str(r.exception)
+    # a Gaussian-likelihood run has no discrete likelihood to binarize for
+    from latentforge.sample import Model
+    from latentforge.vae_tools import evaluate_vae_run
+
+    mse_run = Model(config=TrainConfig(model="vae", recon_loss="mse"), info={"channels": 1}, nets={},
+                    device=torch.device("cpu"), run_dir=tmp_path, checkpoint="latest")
+    with pytest.raises(ConfigError, match="Gaussian likelihood"):
+        evaluate_vae_run(mse_run, str(tiny_npz), 8, iwae_k=5, binarize_images=True)
 
 
 @pytest.mark.integration

@@ -257,8 +257,8 @@ def data_fetch(name: str = typer.Argument(..., help="Built-in data set name, e.g
 def eval_cmd(
     run: Optional[Path] = typer.Argument(None, help="Run directory to evaluate (or use --real/--fake)."),
     ref: Optional[str] = typer.Option(None, help="Reference data; default: the run's test split."),
-    n: int = typer.Option(10000, help="Generated images (and at most this many reference images)."),
-    metrics: Optional[str] = typer.Option(None, help="Comma list of fid, kid, pr, memorization.  [default: fid,kid,pr; none with --iwae-k or --recon]"),
+    n: int = typer.Option(10000, help="Generated images (and at most this many reference images); for the VAE metrics, held-out images of --ref."),
+    metrics: Optional[str] = typer.Option(None, help="Comma list of fid, kid, pr, memorization. Default: fid,kid,pr; none when --iwae-k, --recon or --binarize is given."),
     real: Optional[str] = typer.Option(None, help="With --fake: reference images (data spec or folder)."),
     fake: Optional[str] = typer.Option(None, help="With --real: generated images (folder or .npz)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),

@@ -61,7 +61,7 @@ def gaussian_nll(mean: torch.Tensor, x01: torch.Tensor, sigma: float) -> torch.T
 
 @dataclass
 class ELBOParts:
-    total: torch.Tensor  # scalar: mean over the batch of recon + beta * kl (the training loss)
+    total: torch.Tensor  # scalar: mean over the batch of recon + beta * kl (the training loss; KL clamped with free bits)
     recon: torch.Tensor  # scalar: mean -log p(x|z)
     kl: torch.Tensor  # scalar: mean KL(q(z|x) || p(z))
 
