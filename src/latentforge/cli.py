@@ -82,6 +82,9 @@ def train(
     lr: Optional[float] = typer.Option(None, help="Adam learning rate; default 2e-4 (GAN) or 1e-3 (VAE)."),
     beta: float = typer.Option(1.0, help="VAE: weight of the KL term (1 = ELBO, >1 = beta-VAE)."),
     recon_loss: str = typer.Option("bce", help="VAE likelihood: bce (Bernoulli) or mse (Gaussian, fixed sigma)."),
+    kl_warmup: int = typer.Option(0, help="VAE: steps over which the KL weight rises linearly from 0 to --beta (Bowman et al. 2016); 0 = off."),
+    kl_schedule: str = typer.Option("linear", help="VAE: linear (one warm-up) or cyclical (repeat the warm-up every 2 x --kl-warmup steps, Fu et al. 2019)."),
+    free_bits: float = typer.Option(0.0, help="VAE: free bits in nats per latent dimension: the batch-mean KL of a dimension is not pushed below this (Kingma et al. 2016); 0 = off."),
     sample_every: int = typer.Option(500, help="Steps between sample grids in RUN/samples/."),
     checkpoint_every: int = typer.Option(500, help="Steps between checkpoints."),
     log_every: int = typer.Option(50, help="Steps between lines of RUN/metrics.jsonl."),
@@ -142,7 +145,8 @@ def train(
             model="dcgan" if model is None else model, data="fashion-mnist:train" if data is None else data,
             out=str(out), resolution=32 if res is None else res, channels=channels,
             steps=2000 if steps is None else steps, batch_size=batch_size, lr=lr, seed=seed, z_dim=z_dim, width=width,
-            max_minutes=max_minutes, recon_loss=recon_loss, beta=beta, log_every=log_every, sample_every=sample_every,
+            max_minutes=max_minutes, recon_loss=recon_loss, beta=beta, kl_warmup=kl_warmup, kl_schedule=kl_schedule,
+            free_bits=free_bits, log_every=log_every, sample_every=sample_every,
             checkpoint_every=checkpoint_every, eval_every=eval_every, eval_n=eval_n, eval_ref=eval_ref, device=device,
             loss=loss, gp_weight=gp_weight, r1_gamma=r1_gamma, n_critic=n_critic, spectral_norm=spectral_norm,
             lr_d=lr_d, ema_decay=ema_decay, augment=augment, conditional=conditional,
@@ -203,6 +207,7 @@ def sample(
     checkpoint: str = typer.Option("latest", help="latest or best."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     classes: Optional[list[str]] = typer.Option(None, "--class", help="Conditional runs: the class (name, any case, or index) of the images; repeat or comma-separate several to cycle through them (image i gets the (i mod k)-th). Default: image i gets class i mod the number of classes."),
+    sampler: str = typer.Option("prior", help="VAE runs: where latents come from: prior (N(0, I)) or gmm (a Gaussian mixture fitted to the training set's posterior means, Ghosh et al. 2020; fitted on first use and cached in the run)."),
 ) -> None:
     """Generate images from a trained run. Same seed, same images.
 
@@ -227,8 +232,8 @@ def sample(
     m = load(run, device=str(dev), checkpoint=checkpoint)
     wanted = expand_classes(classes, n)
     labels = m.class_labels(n, wanted)  # None for an unconditional run (which refuses --class)
-    mine, images = distributed.sample_sharded(m, n, seed, labels=labels)  # this process's share; all n in one process
-    meta = provenance(m)
+    mine, images = distributed.sample_sharded(m, n, seed, labels=labels, sampler=sampler)  # this process's share
+    meta = provenance(m, sampler=sampler if sampler != "prior" else None)
     names = [m.class_names[c] if m.class_names else str(c) for c in labels.tolist()] if labels is not None else None
     if out is not None:
         grid_classes = ",".join(dict.fromkeys(names)) if names else None
@@ -347,8 +352,8 @@ def data_fetch(name: str = typer.Argument(..., help="Built-in data set name, e.g
 def eval_cmd(
     run: Optional[Path] = typer.Argument(None, help="Run directory to evaluate (or use --real/--fake)."),
     ref: Optional[str] = typer.Option(None, help="Reference data; default: the run's test split."),
-    n: int = typer.Option(10000, help="Generated images (and at most this many reference images)."),
-    metrics: str = typer.Option("fid,kid,pr", help="Comma list of fid, kid, pr, memorization."),
+    n: int = typer.Option(10000, help="Generated images (and at most this many reference images); for the VAE metrics, held-out images of --ref."),
+    metrics: Optional[str] = typer.Option(None, help="Comma list of fid, kid, pr, memorization. Default: fid,kid,pr; none when --iwae-k, --recon or --binarize is given."),
     real: Optional[str] = typer.Option(None, help="With --fake: reference images (data spec or folder)."),
     fake: Optional[str] = typer.Option(None, help="With --real: generated images (folder or .npz)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
@@ -356,23 +361,35 @@ def eval_cmd(
     floor: bool = typer.Option(False, "--floor", help="Also report real-vs-real FID/KID at the same n (the best reachable)."),
     checkpoint: str = typer.Option("latest", help="latest or best."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    sampler: str = typer.Option("prior", help="VAE runs: latents of the generated images: prior or gmm (see `latentforge sample --help`)."),
+    iwae_k: int = typer.Option(0, help="VAE runs: test log-likelihood by the importance-weighted bound with K samples per image (Burda et al. 2016), on --n held-out images of --ref; 0 = off."),
+    recon: bool = typer.Option(False, "--recon", help="VAE runs: reconstruction MSE, PSNR and SSIM on --n held-out images of --ref."),
+    binarize: bool = typer.Option(False, "--binarize", help="With --iwae-k on a bce run: binarize the test images (pixel on with probability x, fixed --seed), so the Bernoulli likelihood is a discrete one."),
 ) -> None:
-    """FID, KID, precision/recall and memorization under a fixed, stated protocol.
+    """FID, KID, precision/recall and memorization under a fixed, stated protocol; for VAE runs
+    also active units, and on request the test log-likelihood and reconstruction metrics.
 
     Example: latentforge eval runs/dcgan --ref fashion-mnist:test --n 10000 --json eval.json
 
     Under torchrun the generation and the Inception features are shared out over the processes
     (same numbers as one process): torchrun --nproc-per-node 4 -m latentforge eval runs/dcgan --n 50000
+
+    Example: latentforge eval runs/vae --iwae-k 100 --n 1000 --recon --json vae_eval.json
     """
     from . import distributed
     from .metrics.evaluate import default_extractor, evaluate, evaluate_sets, format_table
     from .train import resolve_device
 
+    vae_only = bool(iwae_k or recon or binarize)
+    if metrics is None:
+        metrics = "" if vae_only else "fid,kid,pr"
     wanted = tuple(m.strip() for m in metrics.split(",") if m.strip())
     allowed = {"fid", "kid", "pr", "memorization"}
     bad = [m for m in wanted if m not in allowed]
-    if bad or not wanted:
+    if bad or not (wanted or vae_only):
         raise UserError(f"unknown metric(s) {bad}; choose from {sorted(allowed)}")
+    if run is None and (vae_only or sampler != "prior"):
+        raise UserError("--iwae-k, --recon, --binarize and --sampler evaluate a VAE run: give RUN")
     if run is not None and (real or fake):
         raise UserError("give either RUN or --real and --fake, not both")
     if run is None and not (real and fake):
@@ -396,18 +413,36 @@ def eval_cmd(
         from .train import default_eval_ref
 
         m = load(run, device=str(dev), checkpoint=checkpoint)
+        if m.family != "vae" and (vae_only or sampler != "prior"):
+            raise UserError(f"{run} is a {m.config.model} run; --iwae-k, --recon, --binarize and --sampler need a VAE run")
         ref = ref or default_eval_ref(m.config.data)
-        images = distributed.gather_rows(distributed.sample_sharded(m, n, seed)[1])  # all n, in seed order
-        mem_dir = (json_out.parent if json_out else run) if "memorization" in wanted else None
-        result = distributed.evaluate_on_main(
-            lambda ext: evaluate(images, ref, n=n, metrics=wanted, seed=seed, train_spec=m.config.data,
-                                 memorization_dir=mem_dir, floor=floor, extractor=ext), extractor)
-        if result is not None:
-            result["run"] = str(run)
-            result["checkpoint"] = checkpoint
+        result = {}
+        if wanted:
+            images = distributed.gather_rows(distributed.sample_sharded(m, n, seed, sampler=sampler)[1])  # seed order
+            mem_dir = (json_out.parent if json_out else run) if "memorization" in wanted else None
+            result = distributed.evaluate_on_main(
+                lambda ext: evaluate(images, ref, n=n, metrics=wanted, seed=seed, train_spec=m.config.data,
+                                     memorization_dir=mem_dir, floor=floor, extractor=ext), extractor)
+            if result is not None and m.family == "vae":
+                from .samplers import describe_sampler
+
+                result["protocol"]["sampler"] = describe_sampler(m, sampler)
+        if not distributed.is_main():  # a process other than rank 0: it did its share
+            return
+        result["run"] = str(run)
+        result["checkpoint"] = checkpoint
+        if m.family == "vae" and (vae_only or not m.conditional):
+            from .vae_tools import evaluate_vae_run
+
+            result["vae"] = evaluate_vae_run(m, ref, n, seed, iwae_k=iwae_k, recon=recon, binarize_images=binarize)
     if result is None:  # a process other than rank 0: it did its share
         return
-    print(format_table(result))
+    if wanted:
+        print(format_table(result))
+    if "vae" in result:
+        from .vae_tools import format_vae_table
+
+        print(("\n" if wanted else "") + format_vae_table(result["vae"]))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2) + "\n")
@@ -436,9 +471,11 @@ def _register_extensions() -> None:
     # Commands that live in their own modules (latent exploration, the web server).
     from .cli_explore import register as register_explore
     from .cli_serve import register as register_serve
+    from .cli_vae import register as register_vae
 
     register_explore(app)
     register_serve(app)
+    register_vae(app)
 
 
 _register_extensions()

@@ -19,6 +19,7 @@ RECON_LOSSES = ("bce", "mse")
 GAN_LOSS_NAMES = ("ns", "hinge", "wgan")
 AUGMENT_POLICIES = ("color", "translation", "cutout")  # DiffAugment (Zhao et al. 2020); see augment.py
 PRECISIONS = ("fp32", "bf16", "fp16")  # see acceleration.py
+KL_SCHEDULES = ("linear", "cyclical")  # KL weight schedules of the VAE; see vae_tools.kl_weight
 
 
 def parse_augment(policy: str) -> list[str]:
@@ -80,6 +81,9 @@ class TrainConfig:
     recon_loss: str = "bce"  # "bce": Bernoulli likelihood on pixels in [0,1]; "mse": Gaussian, fixed sigma
     gaussian_sigma: float = 0.1  # std of the Gaussian likelihood, in [0,1] pixel units ("mse" only)
     beta: float = 1.0  # weight of the KL term (1 = the ELBO; >1 = beta-VAE, Higgins et al. 2017)
+    kl_warmup: int = 0  # steps over which the KL weight rises linearly from 0 to beta (Bowman et al. 2016); 0 = off
+    kl_schedule: str = "linear"  # "linear": one warm-up; "cyclical": repeat it every 2 * kl_warmup steps (Fu et al. 2019)
+    free_bits: float = 0.0  # nats per latent dimension below which the batch-mean KL is not pushed down (Kingma 2016); 0 = off
 
     # VAE-GAN (model "vae_gan" only; Larsen et al. 2016, Esser et al. 2021): -ELBO + adversarial + feature matching
     adv_weight: float = 0.1  # weight of the decoder's adversarial loss; with adv_adaptive a factor on the adaptive weight
@@ -150,6 +154,14 @@ class TrainConfig:
                               "input gradients underflow in float16); use --precision bf16")
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta}")
+        if self.kl_warmup < 0:
+            raise ConfigError(f"kl_warmup must be >= 0 steps, got {self.kl_warmup}")
+        if self.kl_schedule not in KL_SCHEDULES:
+            raise ConfigError(f"kl_schedule must be one of {KL_SCHEDULES}, got {self.kl_schedule!r}")
+        if self.kl_schedule == "cyclical" and self.kl_warmup == 0:
+            raise ConfigError("kl_schedule 'cyclical' needs the length of a ramp: set kl_warmup > 0 (e.g. 1000 steps)")
+        if self.free_bits < 0:
+            raise ConfigError(f"free_bits must be >= 0 nats per latent dimension, got {self.free_bits}")
         if self.gaussian_sigma <= 0:
             raise ConfigError(f"gaussian_sigma must be positive, got {self.gaussian_sigma}")
         if self.guard_every <= 0 or self.guard_max_retries < 0:

@@ -25,6 +25,19 @@ def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
 
 
+def kl_free_bits(mu: torch.Tensor, logvar: torch.Tensor, free_bits: float) -> torch.Tensor:
+    """The KL term with free bits, a scalar in nats: sum_j max(lambda, mean_batch KL_j).
+
+    KL_j = -1/2 (1 + logvar_j - mu_j^2 - exp(logvar_j)) is the KL of latent dimension j; it is
+    averaged over the batch first and clamped from below at lambda = `free_bits` nats after, so a
+    dimension whose average KL is under lambda gets no gradient from the KL term (it may carry up
+    to lambda nats of information for free). Kingma et al. 2016 (IAF), appendix C.8, with one
+    group per latent dimension.  mu, logvar: (N, D) -> ()
+    """
+    kl_dim = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())  # (N, D)
+    return kl_dim.mean(0).clamp(min=free_bits).sum()
+
+
 def bernoulli_nll(logits: torch.Tensor, x01: torch.Tensor) -> torch.Tensor:
     """-log p(x|z) for a Bernoulli per pixel, with targets x in [0, 1], per example, in nats.
 
@@ -48,17 +61,19 @@ def gaussian_nll(mean: torch.Tensor, x01: torch.Tensor, sigma: float) -> torch.T
 
 @dataclass
 class ELBOParts:
-    total: torch.Tensor  # scalar: mean over the batch of recon + beta * kl (the training loss)
+    total: torch.Tensor  # scalar: mean over the batch of recon + beta * kl (the training loss; KL clamped with free bits)
     recon: torch.Tensor  # scalar: mean -log p(x|z)
     kl: torch.Tensor  # scalar: mean KL(q(z|x) || p(z))
 
 
 def negative_elbo(decoded: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-                  likelihood: str, beta: float = 1.0, sigma: float = 0.1) -> ELBOParts:
+                  likelihood: str, beta: float = 1.0, sigma: float = 0.1, free_bits: float = 0.0) -> ELBOParts:
     """-ELBO = E_q[-log p(x|z)] + beta * KL(q(z|x) || p(z)), averaged over the batch.
 
     beta = 1 is the ELBO of Kingma & Welling 2014; beta > 1 is the beta-VAE of Higgins et al. 2017.
     x is in [-1, 1] (the library's convention); the likelihood is over pixels in [0, 1].
+    free_bits > 0: the total uses `kl_free_bits` in place of the KL (Kingma et al. 2016); `kl`
+    still reports the true batch-mean KL.
     """
     x01 = (x + 1) / 2
     if likelihood == "bce":
@@ -69,7 +84,8 @@ def negative_elbo(decoded: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logv
         raise ValueError(f"unknown likelihood {likelihood!r}")
     kl = kl_standard_normal(mu, logvar)
     recon_m, kl_m = recon.mean(), kl.mean()
-    return ELBOParts(total=recon_m + beta * kl_m, recon=recon_m, kl=kl_m)
+    kl_term = kl_free_bits(mu, logvar, free_bits) if free_bits > 0 else kl_m
+    return ELBOParts(total=recon_m + beta * kl_term, recon=recon_m, kl=kl_m)
 
 
 # ---------------------------------------------------------------- GAN (Goodfellow et al. 2014)

@@ -133,19 +133,30 @@ class Model:
         return self.nets["G"](z, c) if self.family == "gan" else self.nets["vae"].decode(z, c)
 
     def sample_tensor(self, n: int, seed: int = 0, batch_size: int = 256,
-                      classes: ClassSpec | Sequence[ClassSpec] | None = None) -> torch.Tensor:
-        """uint8 (n, C, H, W) images from seeds seed .. seed + n - 1 (and `classes`, conditional models)."""
+                      classes: ClassSpec | Sequence[ClassSpec] | None = None, sampler: str = "prior") -> torch.Tensor:
+        """uint8 (n, C, H, W) images from seeds seed .. seed + n - 1 (and `classes`, conditional models).
+        `sampler` (VAEs): "prior" (z ~ N(0, I)) or "gmm" (a mixture fitted to the training set's
+        latents; see samplers.py; unconditional VAEs only)."""
         if n <= 0:
             raise ValueError(f"n must be positive, got {n}")
-        return generate_images(self.nets, self.config, range(seed, seed + n), self.device, batch_size,
-                               labels=self.class_labels(n, classes))
+        if sampler == "prior":
+            return generate_images(self.nets, self.config, range(seed, seed + n), self.device, batch_size,
+                                   labels=self.class_labels(n, classes))
+        if self.conditional:
+            raise ValueError(f"the {sampler} sampler is fitted to an unconditional VAE's latents; this run is "
+                             "conditional: use the prior sampler")
+        from .samplers import sampler_latents
+
+        z = sampler_latents(self, range(seed, seed + n), sampler)  # (n, z_dim), latent i from seed + i
+        return torch.cat([to_uint8(self.decode(z[i : i + batch_size])).cpu() for i in range(0, n, batch_size)])
 
     def sample(self, n: int, seed: int = 0, batch_size: int = 256,
-               classes: ClassSpec | Sequence[ClassSpec] | None = None) -> np.ndarray:
+               classes: ClassSpec | Sequence[ClassSpec] | None = None, sampler: str = "prior") -> np.ndarray:
         """uint8 numpy (n, H, W, C) images; image i comes from seed `seed + i`, so the same seed
         always gives the same image. Conditional models: image i has class class_labels(n, classes)[i]
-        (a name or index for all, a list of n, or None: class i mod num_classes)."""
-        return to_hwc_numpy(self.sample_tensor(n, seed, batch_size, classes))
+        (a name or index for all, a list of n, or None: class i mod num_classes). VAEs:
+        sampler="gmm" draws latents from the ex-post mixture."""
+        return to_hwc_numpy(self.sample_tensor(n, seed, batch_size, classes, sampler))
 
     # ------------------------------------------------------------------ VAE only
 

@@ -36,6 +36,7 @@ from .guard import Guard, Problem, TrainingDiverged
 from .losses import GAN_LOSSES, adaptive_adv_weight, feature_matching, gradient_penalty, negative_elbo, r1_penalty
 from .models import build_networks
 from .models.vae_gan import PatchDiscriminator, decoder_last_layer
+from .vae_tools import active_units_row, kl_weight
 
 _NO_LOSS_SCALING = torch.amp.GradScaler("cpu", enabled=False)  # scale(loss) is loss, step(opt) is opt.step()
 SAMPLE_GRID_SEEDS = range(64)  # the fixed latents behind every samples/step_XXXXXX.png
@@ -195,12 +196,17 @@ def make_ema(G: nn.Module) -> nn.Module:
 
 
 def vae_step(vae: nn.Module, opt: torch.optim.Optimizer, real: torch.Tensor, cfg: TrainConfig,
-             labels: torch.Tensor | None = None, scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
-    """One step on the negative ELBO (reconstruction + beta * KL), reported per part.
-    `labels` (B,): the classes of a conditional VAE (Sohn et al. 2015), None otherwise."""
+             labels: torch.Tensor | None = None, scaler: torch.amp.GradScaler | None = None,
+             kl_weight: float | None = None) -> dict[str, float]:
+    """One step on the negative ELBO (reconstruction + weight * KL), reported per part.
+    `labels` (B,): the classes of a conditional VAE (Sohn et al. 2015), None otherwise.
+    `kl_weight`: the KL weight of this step (see vae_tools.kl_weight); None = cfg.beta.
+    With cfg.free_bits > 0 the KL term is clamped per latent dimension (losses.kl_free_bits)."""
     scaler = scaler or _NO_LOSS_SCALING
     out = vae(real, labels)
-    parts = negative_elbo(out.decoded, real, out.mu, out.logvar, cfg.recon_loss, cfg.beta, cfg.gaussian_sigma)
+    weight = cfg.beta if kl_weight is None else kl_weight
+    parts = negative_elbo(out.decoded, real, out.mu, out.logvar, cfg.recon_loss, weight, cfg.gaussian_sigma,
+                          free_bits=cfg.free_bits)
     opt.zero_grad(set_to_none=True)
     scaler.scale(parts.total).backward()  # = parts.total.backward() unless --precision fp16
     scaler.step(opt)
@@ -498,6 +504,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     acc_t0, acc_step0 = time.perf_counter(), state.step
     last: dict[str, float] = {}
     interrupted = False
+    start_step, kl_w = state.step, None  # kl_w: the VAE's KL weight in the latest step
     bar = _progress_bar(progress)  # total and completed are set by add_task below
     with _StopFlag() as stop, bar:
         task = bar.add_task(f"{cfg.model}", total=cfg.steps, completed=state.step, info="")
@@ -531,8 +538,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             else:
                 idx = distributed.batch_slice(order.indices(state.step))
                 real = to_float(images[idx])  # (B, C, H, W) in [-1, 1]
+                kl_w = kl_weight(state.step, cfg)
                 out = vae_step(step_nets["vae"], opts["vae"], real, cfg, labels=None if labels is None else labels[idx],
-                               scaler=scaler)
+                               scaler=scaler, kl_weight=kl_w)
             out = distributed.mean_over_ranks(out)  # the global batch's losses, the same on every rank
             state.step += 1
             state.elapsed += time.perf_counter() - t0
@@ -555,6 +563,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                 row = {"kind": "train", "step": state.step, "time": round(state.elapsed, 3),
                        "images_per_s": round((state.step - acc_step0) * cfg.batch_size / max(now - acc_t0, 1e-9), 2),
                        **{k: round(v, 6) for k, v in last.items()}}
+                if kl_w is not None:
+                    row["kl_weight"] = round(kl_w, 6)
                 if distributed.is_main():
                     append_jsonl(run_dir / "metrics.jsonl", row)
                 acc, acc_k, acc_t0, acc_step0 = {}, {}, now, state.step
@@ -569,6 +579,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                 checkpoint()
             bar.update(task, completed=state.step)
         checkpoint()
+    if cfg.family == "vae" and not interrupted and state.step > start_step and distributed.is_main():
+        au = active_units_row(nets["vae"], images, cfg.seed, labels=labels)  # Burda et al. 2016, on the training images
+        append_jsonl(run_dir / "metrics.jsonl", {"kind": "active_units", "step": state.step,
+                                                 "time": round(state.elapsed, 3), **au})
+        log(f"active units: {au['active_units']} of {au['z_dim']} latent dimensions (on {au['n']} training images)")
     if interrupted:
         log(f"interrupted: checkpoint written at step {state.step}; continue with --resume")
     return TrainResult(run_dir=run_dir, step=state.step, interrupted=interrupted, elapsed=state.elapsed, last_metrics=last)

@@ -493,7 +493,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append("protocol")
     for key in ("n_fake", "n_ref", "n_real", "ref_spec", "ref_total", "ref_selection", "real", "fake", "seed",
                 "fake_resolution", "ref_resolution", "real_resolution", "fake_resize", "fake_channels", "kid_subsets",
-                "kid_subset_size", "pr_k", "warning"):
+                "kid_subset_size", "pr_k", "sampler", "warning"):
         if key in p and p[key] is not None:
             lines.append(f"  {key}: {p[key]}")
     feats = p.get("features")
