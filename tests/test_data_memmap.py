@@ -197,6 +197,17 @@ def test_nothing_readable_is_an_error(tmp_path: Path) -> None:
         build_folder_cache(root, res=8, workers=0, progress=False)
 
 
+def test_too_little_disk_space_is_refused_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import collections
+
+    root = _folder(tmp_path / "imgs", corrupt=False)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(M.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(DataError, match=r"needs 0.00 GiB .* only 0.00 GiB are free; .*LATENTFORGE_CACHE"):
+        build_folder_cache(root, res=8, workers=0, progress=False)  # 30 * 3 * 8 * 8 = 5760 bytes > 1000
+    assert not list((tmp_path / "cache" / "decoded").glob("*.build/images.npy"))
+
+
 # ------------------------------------------------------------------------------------ storage choice
 
 

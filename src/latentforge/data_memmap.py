@@ -292,6 +292,7 @@ def _plan(build: Path, paths: list[str], root: Path, res: int | None, channels: 
         h = w = res
     plan = {"shape": [len(paths), channels or 3, h, w], "chunk_size": chunk_size, "settings": settings,
             "shape_from": shape_from}
+    _check_room(build, int(np.prod(plan["shape"], dtype=np.int64)))
     try:
         np.lib.format.open_memmap(images, mode="w+", dtype=np.uint8, shape=tuple(plan["shape"])).flush()
     except OSError as err:
@@ -299,6 +300,15 @@ def _plan(build: Path, paths: list[str], root: Path, res: int | None, channels: 
                         f"{np.prod(plan['shape']) / 2**30:.1f} GiB; set LATENTFORGE_CACHE to a folder with room") from err
     _data._atomic_write_bytes(plan_path, json.dumps(plan).encode())
     return plan
+
+
+def _check_room(folder: Path, nbytes: int) -> None:
+    """Refuse to start writing nbytes into folder's disk when it has not that much free: a memory-mapped
+    write to a full disk kills the writing process (SIGBUS) instead of raising an error."""
+    free = shutil.disk_usage(folder).free
+    if nbytes > free:
+        raise DataError(f"the image cache needs {nbytes / 2**30:.2f} GiB in {folder.parent}, only {free / 2**30:.2f} "
+                        f"GiB are free; free some space or set LATENTFORGE_CACHE to a larger disk")
 
 
 def _read_done(path: Path, num_chunks: int) -> dict[int, dict[str, Any]]:
@@ -333,6 +343,7 @@ def _finish(build: Path, root: Path, entries: Sequence[tuple[str, int, int]], pa
         os.replace(src, npy)  # nothing to drop: the build array is the cache
     else:
         arr = np.load(src, mmap_mode="r")
+        _check_room(build, len(kept) * c_out * h * w)
         tmp = npy.with_name(f"{npy.name}.{os.getpid()}.tmp")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(kept), c_out, h, w))
         for a in range(0, len(kept), _COPY_ROWS):
