@@ -5,7 +5,7 @@ and the memory of training-style batch reads from the memory-mapped set vs the s
     .venv/bin/python benchmarks/bench_data.py --n 500 --workers 1 2 4 --res 128 --json out.json
 
 1. Images: `--n` JPEGs (quality 90) of 1024x768, smooth colour gradients plus noise and a few
-   shapes, written once to `--dir` (default /tmp/latentforge-bench-data/jpeg) and reused.
+   discs, written once to `--dir` (default /tmp/latentforge-bench-data/jpeg) and reused.
 2. Build: `data_memmap.build_folder_cache(dir, res, workers=W)` into a fresh cache folder, for each
    W in `--workers`, in `--repeats` interleaved rounds (W1 W2 W1 W2 ...), each W keeping its best
    round (the machine is shared: the best round is the least disturbed). For reference the
@@ -49,25 +49,30 @@ def make_images(folder: Path, n: int, size: tuple[int, int] = (1024, 768), seed:
 
 
 def _write_jpegs(job: tuple[Path, list[int], tuple[int, int], int]) -> None:
+    """Smooth colour gradients (drawn at 1/4 size, upscaled), a few discs, noise: photo-like JPEGs
+    of ~100-200 KB, cheap enough to write thousands on a small machine."""
     from PIL import Image, ImageDraw
 
     folder, indices, (w, h), seed = job
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = np.mgrid[0 : h // 4, 0 : w // 4].astype(np.float32) * 4
+    noise = np.random.default_rng(seed).normal(0, 10, (h, w, 3)).astype(np.float32)  # one tile, shifted per image
     for i in indices:
         path = folder / f"img{i:05d}.jpg"
-        rng = np.random.default_rng(seed + i)
+        rng = np.random.default_rng(seed + 1 + i)
         a, b, c = rng.random(3) * 2 * np.pi
         base = np.stack([np.sin(xx / w * (2 + 3 * rng.random()) + a), np.cos(yy / h * (2 + 3 * rng.random()) + b),
-                         np.sin((xx + yy) / (w + h) * 4 + c)], axis=-1)  # (H, W, 3)
-        img = ((base * 0.5 + 0.5) * 200 + rng.normal(0, 12, (h, w, 3))).clip(0, 255).astype(np.uint8)
-        pil = Image.fromarray(img)
+                         np.sin((xx + yy) / (w + h) * 4 + c)], axis=-1)  # (H/4, W/4, 3)
+        small = Image.fromarray(((base * 0.5 + 0.5) * 200).astype(np.uint8))
+        pil = small.resize((w, h), Image.Resampling.BILINEAR)
         draw = ImageDraw.Draw(pil)
         for _ in range(4):
             x0, y0 = int(rng.integers(0, w - 200)), int(rng.integers(0, h - 200))
             draw.ellipse((x0, y0, x0 + int(rng.integers(50, 200)), y0 + int(rng.integers(50, 200))),
                          fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        shift = int(rng.integers(0, h))
+        img = (np.asarray(pil, dtype=np.float32) + np.roll(noise, shift, axis=0)).clip(0, 255).astype(np.uint8)
         tmp = path.with_suffix(".tmp")
-        pil.save(tmp, format="JPEG", quality=90)
+        Image.fromarray(img).save(tmp, format="JPEG", quality=90)
         tmp.rename(path)
 
 

@@ -67,7 +67,6 @@ def _storage(data_in_ram: Optional[bool]) -> Optional[str]:
     return None if data_in_ram is None else ("ram" if data_in_ram else "disk")
 
 
-
 @app.command()
 def train(
     model: Optional[str] = typer.Option(None, help="Model: vae or dcgan.  [default: dcgan]"),

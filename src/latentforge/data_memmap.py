@@ -34,6 +34,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -236,6 +237,9 @@ _worker_images: np.memmap | None = None  # the build array, opened once per work
 
 def _worker_init(images: str) -> None:
     global _worker_images
+    # Ctrl-C is the parent's to handle: it cancels the chunks not started, waits for the running ones
+    # (not recorded: the next run redoes them) and stops; workers dying mid-write would gain nothing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_images = np.load(images, mmap_mode="r+")
 
 
