@@ -76,21 +76,30 @@ def _write_jpegs(job: tuple[Path, list[int], tuple[int, int], int]) -> None:
         tmp.rename(path)
 
 
-def time_build(folder: Path, res: int, workers: int | None, cache: Path) -> tuple[float, bytes]:
-    """Seconds to build the cache from nothing (workers None = the in-memory path), and a digest."""
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and of its finished children (the worker processes)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def time_build(folder: Path, res: int, workers: int | None, cache: Path) -> tuple[float, float, bytes]:
+    """Wall seconds and CPU seconds to build the cache from nothing (workers None = the in-memory
+    path), and a digest of the result."""
     import hashlib
 
     from latentforge.data import load_images
     from latentforge.data_memmap import build_folder_cache
 
     shutil.rmtree(cache, ignore_errors=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     if workers is None:
         d = load_images(folder, res=res, storage="ram", cache_dir=cache, progress=False)
     else:
         d = build_folder_cache(folder, res=res, workers=workers, cache_dir=cache, progress=False)
-    dt = time.perf_counter() - t0
-    return dt, hashlib.sha256(d.images.numpy().tobytes()).digest()
+    dt, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+    return dt, cpu, hashlib.sha256(d.images.numpy().tobytes()).digest()
 
 
 def child(mode: str, folder: str, res: int, cache: str, batches: int) -> None:
@@ -145,7 +154,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker processes to compare")
     p.add_argument("--repeats", type=int, default=2, help="interleaved rounds; each variant keeps its best")
     p.add_argument("--no-ram-path", action="store_true", help="skip timing the in-memory path")
-    p.add_argument("--batches", type=int, nargs="+", default=[10, 31], help="batches of 64 read per memory run")
+    p.add_argument("--batches", type=int, nargs="+", default=[10, 31],
+                   help="batches of 64 read per memory run; 0 = no memory runs")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--cache", default=None, help=argparse.SUPPRESS)
@@ -156,34 +166,36 @@ def main() -> None:
 
     print(f"machine: {machine_info()}")
     gen_s = make_images(a.dir, a.n)
-    files = sorted(a.dir.glob("img*.jpg"))[: a.n]
+    files = sorted(a.dir.iterdir())
     if len(files) != a.n:
-        raise SystemExit(f"{a.dir} holds {len(files)} JPEGs, expected {a.n}")
+        raise SystemExit(f"{a.dir} holds {len(files)} files, expected {a.n} JPEGs; use another --dir")
     mib = sum(f.stat().st_size for f in files) / 2**20
     print(f"{a.n} JPEGs 1024x768 in {a.dir} ({mib:.0f} MiB; {gen_s:.0f} s to write the missing ones)")
 
     tmp = Path(tempfile.mkdtemp(prefix="latentforge-bench-cache-"))
     variants: list[int | None] = list(a.workers) + ([] if a.no_ram_path else [None])
     best: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     digests = set()
     load_before = loadavg()
     for rnd in range(a.repeats):
         for w in variants:
             name = "in-memory path (threads)" if w is None else f"memmap build, workers={w}"
-            dt, digest = time_build(a.dir, a.res, w, tmp / "build")
+            dt, cpu_s, digest = time_build(a.dir, a.res, w, tmp / "build")
             digests.add(digest)
-            best[name] = min(best.get(name, float("inf")), dt)
-            print(f"  round {rnd}: {name}: {dt:.1f} s ({a.n / dt:.0f} images/s)", flush=True)
+            if dt < best.get(name, float("inf")):
+                best[name], cpu[name] = dt, cpu_s
+            print(f"  round {rnd}: {name}: {dt:.1f} s, {cpu_s:.1f} CPU s ({a.n / dt:.0f} images/s)", flush=True)
     load_after = loadavg()
     assert len(digests) == 1, "the variants produced different bytes"
     base = best.get(f"memmap build, workers={a.workers[0]}")
     print(f"\nbuild, res {a.res}, best of {a.repeats} (load average before {load_before}, after {load_after}):")
-    print("| variant | seconds | images/s | vs first |\n|---|---:|---:|---:|")
+    print("| variant | seconds | images/s | vs first | CPU seconds | CPU ms / image |\n|---|---:|---:|---:|---:|---:|")
     for name, dt in best.items():
-        print(f"| {name} | {dt:.1f} | {a.n / dt:.0f} | {base / dt:.2f}x |")
+        print(f"| {name} | {dt:.1f} | {a.n / dt:.0f} | {base / dt:.2f}x | {cpu[name]:.1f} | {1000 * cpu[name] / a.n:.1f} |")
 
     # The last build left a complete cache entry (every variant writes the same one): measure on it.
-    rows = measure_memory(a.dir, a.res, tmp / "build", a.batches)
+    rows = measure_memory(a.dir, a.res, tmp / "build", a.batches) if a.batches != [0] else []
     print(f"\nmemory, res {a.res} (load average {loadavg()}):")
     print("| storage | batches of 64 | open s | read s | VmHWM MiB | RssAnon MiB | RssFile MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -192,8 +204,8 @@ def main() -> None:
               f"{r['VmHWM_mib']} | {r['RssAnon_mib']} | {r['RssFile_mib']} |")
     if a.json:
         a.json.write_text(json.dumps({"machine": machine_info(), "n": a.n, "res": a.res, "jpeg_mib": mib,
-                                      "build_best_s": best, "load_before": load_before, "load_after": load_after,
-                                      "memory": rows}, indent=2) + "\n")
+                                      "build_best_s": best, "build_cpu_s": cpu, "load_before": load_before,
+                                      "load_after": load_after, "memory": rows}, indent=2) + "\n")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -160,11 +160,18 @@ def test_interrupted_build_resumes_and_equals_one_shot(tmp_path: Path, monkeypat
 
 
 def test_process_pool_build_interrupted_and_resumed(tmp_path: Path) -> None:
-    root = _folder(tmp_path / "imgs", n=48)
-    with pytest.raises(_Interrupt):
-        build_folder_cache(root, res=8, workers=2, chunk_size=4, progress=False, on_chunk=_interrupt_after(2))
+    root = _folder(tmp_path / "imgs", n=48)  # 49 files: 13 chunks of 4
+
+    def ctrl_c_after_two(chunk: int, seen: list[int] = []) -> None:  # noqa: B006 - a call counter
+        seen.append(chunk)
+        if len(seen) == 2:
+            raise KeyboardInterrupt  # as Ctrl-C would, in the parent
+
+    with pytest.raises(KeyboardInterrupt):
+        build_folder_cache(root, res=8, workers=2, chunk_size=4, progress=False, on_chunk=ctrl_c_after_two)
     build = next((tmp_path / "cache" / "decoded").glob("*.build"))
-    assert 2 <= len((build / "chunks.jsonl").read_text().splitlines()) < 13
+    done = [json.loads(x)["chunk"] for x in (build / "chunks.jsonl").read_text().splitlines()]
+    assert 2 <= len(done) < 13 and len(set(done)) == len(done)  # the chunks running at Ctrl-C are kept too
     with pytest.warns(D.SkippedFilesWarning):
         pooled = build_folder_cache(root, res=8, workers=2, progress=False)
     with pytest.warns(D.SkippedFilesWarning):

@@ -272,7 +272,12 @@ def data_cache(
 
     if fit not in FIT_MODES:
         raise UserError(f"--fit must be one of {', '.join(FIT_MODES)}, got {fit!r}")
-    d = build_folder_cache(folder, res=res, channels=channels, crop=FIT_MODES[fit], workers=workers, progress=not quiet)
+    try:
+        d = build_folder_cache(folder, res=res, channels=channels, crop=FIT_MODES[fit], workers=workers,
+                               progress=not quiet)
+    except KeyboardInterrupt:
+        console.print("interrupted: the finished chunks are kept; run the same command again to continue", highlight=False)
+        raise typer.Exit(130) from None
     size = Path(d.memmap_path or "").stat().st_size
     console.print(f"{len(d)} images {tuple(d.images.shape[1:])}, {len(d.skipped)} skipped, "
                   f"{d.num_classes} classes: {d.memmap_path} ({size / 2**20:.1f} MiB)", highlight=False)

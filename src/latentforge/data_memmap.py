@@ -225,9 +225,20 @@ def _run_pool(images: Path, args: list[tuple[Any, ...]], workers: int, n: int, p
         futures = {pool.submit(_worker_chunk, *a): len(a[2]) for a in args}  # starts the processes before any bar thread
         with _data._progress_bar(f"cache {n} images ({workers} processes)", n, progress) as advance:
             advance(n - sum(futures.values()))
-            for fut in as_completed(futures):
-                record(fut.result())
-                advance(futures[fut])
+            recorded = set()
+            try:
+                for fut in as_completed(futures):
+                    recorded.add(fut)
+                    record(fut.result())
+                    advance(futures[fut])
+            except KeyboardInterrupt:  # Ctrl-C: start no new chunk, but keep what the running ones finish
+                for fut in futures:
+                    fut.cancel()  # only chunks not started can be cancelled
+                for fut in futures:
+                    if fut not in recorded and not fut.cancelled():
+                        with contextlib.suppress(Exception):
+                            record(fut.result())  # waits for that chunk
+                raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
