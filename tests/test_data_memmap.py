@@ -179,6 +179,26 @@ def test_process_pool_build_interrupted_and_resumed(tmp_path: Path) -> None:
     assert pooled.on_disk and torch.equal(pooled.images, ram.images) and torch.equal(pooled.labels, ram.labels)
 
 
+def test_a_second_builder_waits_for_the_first(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import threading
+
+    root = _folder(tmp_path / "imgs", corrupt=False).resolve()
+    key = D._cache_key({"kind": "folder", "path": str(root), "res": 8, "channels": None, "crop": "center"},
+                       D._list_images(root))
+    build = tmp_path / "cache" / "decoded" / f"{key}.build"
+    build.mkdir(parents=True)
+    got: dict[str, D.ImageData] = {}
+    with M._exclusive(build / "lock"):  # as another process building this entry would hold it
+        t = threading.Thread(target=lambda: got.setdefault("d", build_folder_cache(root, res=8, workers=0,
+                                                                                   progress=False)))
+        t.start()
+        t.join(1.0)
+        assert t.is_alive() and not got  # waiting for the lock, not building alongside
+    t.join(60)
+    assert got["d"].on_disk and len(got["d"]) == 30
+    assert "another process is building the cache" in caplog.text
+
+
 def test_gray_folder_native_size_and_size_mismatch(tmp_path: Path) -> None:
     root = tmp_path / "gray"
     root.mkdir()
