@@ -30,6 +30,7 @@ data: setup
 	  $(PY) -m latentforge data fetch fashion-mnist; \
 	fi
 	$(PY) -m latentforge data fetch mnist
+	$(PY) -m latentforge data fetch emoji
 
 demo: data
 	# 28 px is Fashion-MNIST's native size (no resize, and FID needs none). A second

