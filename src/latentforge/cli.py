@@ -61,9 +61,9 @@ def main() -> None:
 @app.command()
 def train(
     ctx: typer.Context,
-    model: Optional[str] = typer.Option(None, help="Model: vae, dcgan, resnet_gan (SN-GAN-style ResNet; D always spectrally normalized) or vae_gan (a VAE trained against a patch discriminator).  [default: dcgan]"),
+    model: Optional[str] = typer.Option(None, help="Model: vae, dcgan, resnet_gan (SN-GAN-style ResNet; D always spectrally normalized) vae_gan (a VAE trained against a patch discriminator), progan (progressive growing, Karras et al. 2018) or upsampler (2x/4x super-resolution stage).  [default: dcgan]"),
     data: Optional[str] = typer.Option(None, help="Built-in data set (fashion-mnist, mnist[:train|:test]), a folder of images, or an .npz file.  [default: fashion-mnist:train]"),
-    res: Optional[int] = typer.Option(None, "--res", help="Resolution in pixels: 28, 32, 64 or 128.  [default: 32]"),
+    res: Optional[int] = typer.Option(None, "--res", help="Resolution in pixels: 28, 32, 64 or 128; progan and upsampler also 256, 512, 1024 (upsampler: the output size).  [default: 32]"),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps to train, in total (on --resume: how far to continue).  [default: 2000]"),
     out: Path = typer.Option(Path("runs/run"), help="Run directory to create (or to continue with --resume)."),
     batch_size: int = typer.Option(64, help="Images per step."),
@@ -82,7 +82,7 @@ def train(
     eval_every: int = typer.Option(0, help="Steps between in-training FID/KID evaluations (0 = off)."),
     eval_n: int = typer.Option(1000, help="Images per in-training evaluation."),
     eval_ref: Optional[str] = typer.Option(None, help="Reference data for evaluation; default: the test split."),
-    loss: str = typer.Option("ns", help="GAN loss: ns (non-saturating, Goodfellow et al. 2014), hinge (Lim & Ye 2017; Miyato et al. 2018) or wgan (Arjovsky et al. 2017)."),
+    loss: str = typer.Option("ns", help="GAN loss: ns (non-saturating, Goodfellow et al. 2014), hinge (Lim & Ye 2017; Miyato et al. 2018), wgan (Arjovsky et al. 2017) or wgan-drift (wgan + 0.001 E[D(x)^2], Karras et al. 2018)."),
     gp_weight: float = typer.Option(0.0, help="WGAN-GP gradient penalty weight (Gulrajani et al. 2017 use 10); 0 = off."),
     r1_gamma: float = typer.Option(0.0, help="R1 penalty gamma on real data (Mescheder et al. 2018); 0 = off."),
     n_critic: int = typer.Option(1, help="Discriminator steps per generator step (Arjovsky et al. 2017 use 5); each takes the next data batch."),
@@ -101,6 +101,9 @@ def train(
     adv_adaptive: bool = typer.Option(True, "--adv-adaptive/--no-adv-adaptive", help="vae_gan: scale --adv-weight so the adversarial gradient at the decoder's last layer matches the reconstruction gradient's size (VQGAN eq. 7); off: --adv-weight is absolute, against the -ELBO in nats per image."),
     adv_start: int = typer.Option(0, help="vae_gan: steps of plain VAE training before the discriminator starts."),
     fm_weight: float = typer.Option(0.0, help="vae_gan: weight of feature matching, the L1 distance of the discriminator's features of an image and its reconstruction, per pixel (Larsen et al. 2016); 0 = off."),
+    stage_images: int = typer.Option(60_000, help="progan: real images shown per fade-in phase and per stable phase of each resolution stage."),
+    upsample_factor: int = typer.Option(2, help="upsampler: 2 or 4; --res is the output size, the input is --res / factor."),
+    recon_weight: float = typer.Option(100.0, help="upsampler: weight of the L1 term to the real high-res image (pix2pix uses 100)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -136,6 +139,7 @@ def train(
             guard=guard, guard_every=guard_every, guard_max_retries=guard_max_retries, guard_lr_factor=guard_lr_factor,
             guard_min_diversity=guard_min_diversity,
             adv_weight=adv_weight, adv_adaptive=adv_adaptive, adv_start=adv_start, fm_weight=fm_weight,
+            stage_images=stage_images, upsample_factor=upsample_factor, recon_weight=recon_weight,
         )
         if preset != "none":
             from .presets import apply_preset
@@ -183,6 +187,7 @@ def sample(
     nrow: int = typer.Option(8, help="Images per grid row."),
     scale: int = typer.Option(2, min=1, max=16, help="Enlarge the grid by this factor (nearest neighbour)."),
     checkpoint: str = typer.Option("latest", help="latest or best."),
+    upsample: Optional[Path] = typer.Option(None, help="An upsampler run: pass every image through it (2x or 4x); its input size must be this run's resolution."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     classes: Optional[list[str]] = typer.Option(None, "--class", help="Conditional runs: the class (name, any case, or index) of the images; repeat or comma-separate several to cycle through them (image i gets the (i mod k)-th). Default: image i gets class i mod the number of classes."),
 ) -> None:
@@ -191,6 +196,8 @@ def sample(
     Example: latentforge sample runs/dcgan --n 64 --seed 0 --out grid.png
 
     Conditional run: latentforge sample runs/cgan --class Sneaker --n 16 --out sneakers.png
+
+    Then upsampled: latentforge sample runs/dcgan32 --n 64 --out big.png --upsample runs/up64
     """
     from .explore import provenance
     from .images import save_grid, save_png
@@ -203,8 +210,13 @@ def sample(
     m = load(run, device=device, checkpoint=checkpoint)
     wanted = expand_classes(classes, n)
     labels = m.class_labels(n, wanted)  # None for an unconditional run (which refuses --class)
-    images = m.sample_tensor(n, seed, classes=labels)
-    meta = provenance(m)
+    up = None
+    if upsample is not None:
+        from .sample import load_upsampler
+
+        up = load_upsampler(upsample, device=device)
+    images = m.sample_tensor(n, seed, classes=labels, upsample=up)
+    meta = provenance(m, upsampler=upsample)  # None (no upsampler) is left out
     names = [m.class_names[c] if m.class_names else str(c) for c in labels.tolist()] if labels is not None else None
     if out is not None:
         grid_classes = ",".join(dict.fromkeys(names)) if names else None
@@ -393,9 +405,11 @@ def _register_extensions() -> None:
     # Commands that live in their own modules (latent exploration, the web server).
     from .cli_explore import register as register_explore
     from .cli_serve import register as register_serve
+    from .cli_upsample import register as register_upsample
 
     register_explore(app)
     register_serve(app)
+    register_upsample(app)
 
 
 _register_extensions()
