@@ -77,9 +77,9 @@ def _storage(data_in_ram: Optional[bool]) -> Optional[str]:
 @app.command()
 def train(
     ctx: typer.Context,
-    model: Optional[str] = typer.Option(None, help="Model: vae, dcgan, resnet_gan (SN-GAN-style ResNet; D always spectrally normalized) or vae_gan (a VAE trained against a patch discriminator).  [default: dcgan]"),
+    model: Optional[str] = typer.Option(None, help="Model: vae, dcgan, resnet_gan (SN-GAN-style ResNet; D always spectrally normalized) vae_gan (a VAE trained against a patch discriminator), progan (progressive growing, Karras et al. 2018) or upsampler (2x/4x super-resolution stage).  [default: dcgan]"),
     data: Optional[str] = typer.Option(None, help="Built-in data set (fashion-mnist, mnist[:train|:test]), a folder of images, or an .npz file.  [default: fashion-mnist:train]"),
-    res: Optional[int] = typer.Option(None, "--res", help="Resolution in pixels: 28, 32, 64 or 128.  [default: 32]"),
+    res: Optional[int] = typer.Option(None, "--res", help="Resolution in pixels: 28, 32, 64 or 128; progan and upsampler also 256, 512, 1024 (upsampler: the output size).  [default: 32]"),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps to train, in total (on --resume: how far to continue).  [default: 2000]"),
     out: Path = typer.Option(Path("runs/run"), help="Run directory to create (or to continue with --resume)."),
     batch_size: int = typer.Option(64, help="Images per step (under torchrun: the global batch, split over the processes)."),
@@ -103,7 +103,7 @@ def train(
     eval_every: int = typer.Option(0, help="Steps between in-training FID/KID evaluations (0 = off)."),
     eval_n: int = typer.Option(1000, help="Images per in-training evaluation."),
     eval_ref: Optional[str] = typer.Option(None, help="Reference data for evaluation; default: the test split."),
-    loss: str = typer.Option("ns", help="GAN loss: ns (non-saturating, Goodfellow et al. 2014), hinge (Lim & Ye 2017; Miyato et al. 2018) or wgan (Arjovsky et al. 2017)."),
+    loss: str = typer.Option("ns", help="GAN loss: ns (non-saturating, Goodfellow et al. 2014), hinge (Lim & Ye 2017; Miyato et al. 2018), wgan (Arjovsky et al. 2017) or wgan-drift (wgan + 0.001 E[D(x)^2], Karras et al. 2018)."),
     gp_weight: float = typer.Option(0.0, help="WGAN-GP gradient penalty weight (Gulrajani et al. 2017 use 10); 0 = off."),
     r1_gamma: float = typer.Option(0.0, help="R1 penalty gamma on real data (Mescheder et al. 2018); 0 = off."),
     n_critic: int = typer.Option(1, help="Discriminator steps per generator step (Arjovsky et al. 2017 use 5); each takes the next data batch."),
@@ -122,6 +122,9 @@ def train(
     adv_adaptive: bool = typer.Option(True, "--adv-adaptive/--no-adv-adaptive", help="vae_gan: scale --adv-weight so the adversarial gradient at the decoder's last layer matches the reconstruction gradient's size (VQGAN eq. 7); off: --adv-weight is absolute, against the -ELBO in nats per image."),
     adv_start: int = typer.Option(0, help="vae_gan: steps of plain VAE training before the discriminator starts."),
     fm_weight: float = typer.Option(0.0, help="vae_gan: weight of feature matching, the L1 distance of the discriminator's features of an image and its reconstruction, per pixel (Larsen et al. 2016); 0 = off."),
+    stage_images: int = typer.Option(60_000, help="progan: real images shown per fade-in phase and per stable phase of each resolution stage."),
+    upsample_factor: int = typer.Option(2, help="upsampler: 2 or 4; --res is the output size, the input is --res / factor."),
+    recon_weight: float = typer.Option(100.0, help="upsampler: weight of the L1 term to the real high-res image (pix2pix uses 100)."),
     device: str = typer.Option("auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps. Under torchrun each process uses cuda:LOCAL_RANK (or the CPU)."),
     precision: str = typer.Option("fp32", help="fp32; bf16 (autocast to bfloat16, no loss scaling needed); fp16 (autocast + loss scaling, CUDA only). See docs/DISTRIBUTED.md."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks (the first steps compile; slow to compile on a CPU)."),
@@ -168,6 +171,7 @@ def train(
             guard_min_diversity=guard_min_diversity,
             adv_weight=adv_weight, adv_adaptive=adv_adaptive, adv_start=adv_start, fm_weight=fm_weight,
             precision=precision, compile=compile_, channels_last=channels_last, sync_bn=sync_bn,
+            stage_images=stage_images, upsample_factor=upsample_factor, recon_weight=recon_weight,
         )
         if preset != "none":
             from .presets import apply_preset
@@ -219,6 +223,7 @@ def sample(
     nrow: int = typer.Option(8, help="Images per grid row."),
     scale: int = typer.Option(2, min=1, max=16, help="Enlarge the grid by this factor (nearest neighbour)."),
     checkpoint: str = typer.Option("latest", help="latest or best."),
+    upsample: Optional[Path] = typer.Option(None, help="An upsampler run: pass every image through it (2x or 4x); its input size must be this run's resolution."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     classes: Optional[list[str]] = typer.Option(None, "--class", help="Conditional runs: the class (name, any case, or index) of the images; repeat or comma-separate several to cycle through them (image i gets the (i mod k)-th). Default: image i gets class i mod the number of classes."),
     sampler: str = typer.Option("prior", help="VAE runs: where latents come from: prior (N(0, I)) or gmm (a Gaussian mixture fitted to the training set's posterior means, Ghosh et al. 2020; fitted on first use and cached in the run)."),
@@ -231,6 +236,8 @@ def sample(
 
     Under torchrun the seeds are shared out over the processes (same images as one process):
     torchrun --nproc-per-node 4 -m latentforge sample runs/dcgan --n 50000 --outdir fakes/
+
+    Then upsampled: latentforge sample runs/dcgan32 --n 64 --out big.png --upsample runs/up64
     """
     from . import distributed
     from .explore import provenance
@@ -246,8 +253,13 @@ def sample(
     m = load(run, device=str(dev), checkpoint=checkpoint)
     wanted = expand_classes(classes, n)
     labels = m.class_labels(n, wanted)  # None for an unconditional run (which refuses --class)
-    mine, images = distributed.sample_sharded(m, n, seed, labels=labels, sampler=sampler)  # this process's share
-    meta = provenance(m, sampler=sampler if sampler != "prior" else None)
+    up = None
+    if upsample is not None:
+        from .sample import load_upsampler
+
+        up = load_upsampler(upsample, device=str(dev))
+    mine, images = distributed.sample_sharded(m, n, seed, labels=labels, sampler=sampler, upsample=up)  # this process's share
+    meta = provenance(m, sampler=sampler if sampler != "prior" else None, upsampler=upsample)
     names = [m.class_names[c] if m.class_names else str(c) for c in labels.tolist()] if labels is not None else None
     if out is not None:
         grid_classes = ",".join(dict.fromkeys(names)) if names else None
@@ -521,11 +533,13 @@ def _register_extensions() -> None:
     # Commands that live in their own modules (latent exploration, the web server).
     from .cli_explore import register as register_explore
     from .cli_serve import register as register_serve
+    from .cli_upsample import register as register_upsample
     from .cli_vae import register as register_vae
 
     register_explore(app)
     register_serve(app)
     register_vae(app)
+    register_upsample(app)
 
 
 _register_extensions()

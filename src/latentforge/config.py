@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 SUPPORTED_RESOLUTIONS = (28, 32, 64, 128)
-MODEL_NAMES = ("vae", "dcgan", "resnet_gan", "vae_gan")
+LARGE_RESOLUTIONS = (256, 512, 1024)  # progan and upsampler only
+MODEL_NAMES = ("vae", "dcgan", "resnet_gan", "vae_gan", "progan", "upsampler")
 VAE_FAMILY = ("vae", "vae_gan")  # models with an encoder and a decoder (the "vae" role)
 RECON_LOSSES = ("bce", "mse")
-GAN_LOSS_NAMES = ("ns", "hinge", "wgan")
+GAN_LOSS_NAMES = ("ns", "hinge", "wgan", "wgan-drift")
 AUGMENT_POLICIES = ("color", "translation", "cutout")  # DiffAugment (Zhao et al. 2020); see augment.py
 PRECISIONS = ("fp32", "bf16", "fp16")  # see acceleration.py
 KL_SCHEDULES = ("linear", "cyclical")  # KL weight schedules of the VAE; see vae_tools.kl_weight
@@ -43,7 +44,7 @@ class TrainConfig:
     model: str = "dcgan"  # one of MODEL_NAMES
     data: str = "fashion-mnist:train"  # built-in name, folder, or .npz (see latentforge.data)
     out: str = "runs/run"  # run directory
-    resolution: int = 32  # pixels, square; one of SUPPORTED_RESOLUTIONS
+    resolution: int = 32  # pixels, square; one of SUPPORTED_RESOLUTIONS (progan, upsampler: also LARGE_RESOLUTIONS)
     channels: int | None = None  # 1 or 3; None = the data set's own
     fit: str = "crop"  # non-square images: "crop" (center crop) or "pad" (pad to a square with the border colour)
     data_storage: str = "auto"  # "ram", "disk" (memory-mapped cache, folders only) or "auto" (disk above 1 GiB)
@@ -81,6 +82,11 @@ class TrainConfig:
     z_dim: int | None = None  # latent size; None = 100 for dcgan (paper), 128 for resnet_gan (SN-GAN), 32 for vae
     width: int = 64  # base channel count (DCGAN's ngf = ndf; VAE's first conv)
 
+    # progressive growing (model "progan", Karras et al. 2018) and the upsampler (model "upsampler")
+    stage_images: int = 60_000  # progan: real images shown per fade-in phase and per stable phase of a stage
+    upsample_factor: int = 2  # upsampler: output size / input size, 2 or 4 (resolution = the output size)
+    recon_weight: float = 100.0  # upsampler: weight of the L1 reconstruction term (pix2pix uses 100)
+
     # VAE objective: -ELBO = recon + beta * KL
     recon_loss: str = "bce"  # "bce": Bernoulli likelihood on pixels in [0,1]; "mse": Gaussian, fixed sigma
     gaussian_sigma: float = 0.1  # std of the Gaussian likelihood, in [0,1] pixel units ("mse" only)
@@ -115,9 +121,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.model not in MODEL_NAMES:
             raise ConfigError(f"unknown model {self.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
-        if self.resolution not in SUPPORTED_RESOLUTIONS:
+        if self.resolution not in SUPPORTED_RESOLUTIONS and not (
+                self.model in ("progan", "upsampler") and self.resolution in LARGE_RESOLUTIONS):
+            large = f" ({', '.join(map(str, LARGE_RESOLUTIONS))} with progan or upsampler)"
             raise ConfigError(
-                f"resolution {self.resolution} is not supported; choose one of {SUPPORTED_RESOLUTIONS}"
+                f"resolution {self.resolution} is not supported; choose one of {SUPPORTED_RESOLUTIONS}{large}"
             )
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
@@ -135,9 +143,10 @@ class TrainConfig:
         if self.eval_every < 0:
             raise ConfigError(f"eval_every must be >= 0, got {self.eval_every}")
         if self.lr is None:
-            self.lr = 2e-4 if self.family == "gan" else 1e-3
+            # progan: the paper's Adam(lr 1e-3, beta1 0)
+            self.lr = 2e-4 if self.family == "gan" and self.model != "progan" else 1e-3
         if self.beta1 is None:
-            self.beta1 = 0.5 if self.family == "gan" else 0.9
+            self.beta1 = 0.0 if self.model == "progan" else 0.5 if self.family == "gan" else 0.9
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
@@ -181,9 +190,29 @@ class TrainConfig:
             raise ConfigError(f"guard_min_diversity must lie in [0, 1), got {self.guard_min_diversity}")
         self._check_vae_gan()
         if self.z_dim is None:
-            self.z_dim = 100 if self.model == "dcgan" else 128 if self.model == "resnet_gan" else 32
+            self.z_dim = (100 if self.model == "dcgan" else 128 if self.model == "resnet_gan"
+                          else 512 if self.model == "progan" else 32)
         if self.z_dim <= 0:
             raise ConfigError(f"z_dim must be positive, got {self.z_dim}")
+        self._check_progan_upsampler()
+
+    def _check_progan_upsampler(self) -> None:
+        if self.stage_images <= 0:
+            raise ConfigError(f"stage_images must be positive, got {self.stage_images}")
+        if self.upsample_factor not in (2, 4):
+            raise ConfigError(f"upsample_factor must be 2 or 4, got {self.upsample_factor}")
+        if self.recon_weight < 0:
+            raise ConfigError(f"recon_weight must be >= 0, got {self.recon_weight}")
+        if self.model == "progan" and self.spectral_norm:
+            raise ConfigError("progan uses the equalized learning rate, not spectral norm; drop --spectral-norm")
+        if self.model in ("progan", "upsampler") and self.conditional:
+            raise ConfigError(f"model {self.model} has no conditional variant; drop --conditional")
+        if self.model == "upsampler":
+            unsupported = {"ema_decay": self.ema_decay, "augment": self.augment, "eval_every": self.eval_every}
+            given = [k for k, v in unsupported.items() if v]
+            if given:
+                raise ConfigError(f"the upsampler does not support {', '.join(given)}; drop it (compare upsamplers "
+                                  "with benchmarks/bench_upsample.py)")
 
     def _check_vae_gan(self) -> None:
         if self.adv_weight < 0 or self.fm_weight < 0 or self.adv_start < 0:

@@ -414,7 +414,8 @@ def sample_sharded(model: Any, n: int, seed: int, batch_size: int = 256,
     if len(idx):
         mine = None if labels is None else labels[idx.start : idx.stop]
         return idx, model.sample_tensor(len(idx), seed + idx.start, batch_size, classes=mine)
-    return idx, torch.empty((0, model.channels, model.resolution, model.resolution), dtype=torch.uint8)
+    f = 1 if upsample is None else int(upsample.factor)
+    return idx, torch.empty((0, model.channels, model.resolution * f, model.resolution * f), dtype=torch.uint8)
 
 
 def _broadcast_images(images: torch.Tensor | None, stop: bool = False) -> torch.Tensor | None:

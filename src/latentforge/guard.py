@@ -110,7 +110,8 @@ class Guard:
         self.recoveries = 0  # recoveries in the whole run
         self.best_diversity = -1.0  # best diversity of G's images at a passing check; < 0: none yet
         self.snapshot: dict[str, Any] | None = None
-        self.check_collapse = cfg.family == "gan" and cfg.guard_min_diversity > 0
+        # (the upsampler has no generator of latents to check)
+        self.check_collapse = cfg.family == "gan" and cfg.model != "upsampler" and cfg.guard_min_diversity > 0
         self.real_diversity = math.nan
         if self.check_collapse:
             k = min(len(GUARD_SEEDS), len(images))

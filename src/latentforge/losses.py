@@ -134,11 +134,22 @@ def g_loss_wasserstein(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.mean()
 
 
+DRIFT_EPSILON = 0.001  # Karras et al. 2018, appendix A.1: epsilon_drift
+
+
+def d_loss_wasserstein_drift(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Wasserstein critic loss plus the drift term of Progressive GAN:
+    E[D(G(z))] - E[D(x)] + epsilon_drift * E[D(x)^2], epsilon_drift = 0.001. The drift term keeps
+    the critic's output near zero. Karras et al. 2018, appendix A.1 (used with WGAN-GP)."""
+    return d_loss_wasserstein(real_logits, fake_logits) + DRIFT_EPSILON * real_logits.pow(2).mean()
+
+
 # name -> (discriminator loss, generator loss); the `loss` field of TrainConfig picks one
 GAN_LOSSES = {
     "ns": (d_loss_nonsaturating, g_loss_nonsaturating),
     "hinge": (d_loss_hinge, g_loss_hinge),
     "wgan": (d_loss_wasserstein, g_loss_wasserstein),
+    "wgan-drift": (d_loss_wasserstein_drift, g_loss_wasserstein),
 }
 
 

@@ -12,6 +12,12 @@ index for every image, or a list with one per image; without it, image i gets cl
     m.sample(16, seed=0, classes="Sneaker")      # 16 sneakers
     m.class_labels(4, ["sneaker", 0, "Bag", 9])  # tensor([7, 0, 8, 9]): the classes behind an output
 
+An upsampler run (model "upsampler") enlarges images 2x or 4x, after a generator or on its own:
+
+    up = latentforge.sample.load_upsampler("runs/up")   # a trained upsampler run
+    m.sample(16, seed=0, upsample=up)    # generate, then upsample (noise seeded per image)
+    up.upsample(images_u8)               # uint8 (N, C, h, w) -> uint8 (N, C, f h, f w)
+
 Loading reads config.json and model.safetensors only: no code is executed from the run.
 """
 
@@ -133,30 +139,40 @@ class Model:
         return self.nets["G"](z, c) if self.family == "gan" else self.nets["vae"].decode(z, c)
 
     def sample_tensor(self, n: int, seed: int = 0, batch_size: int = 256,
-                      classes: ClassSpec | Sequence[ClassSpec] | None = None, sampler: str = "prior") -> torch.Tensor:
+                      classes: ClassSpec | Sequence[ClassSpec] | None = None, sampler: str = "prior",
+                      upsample: "UpsamplerModel | None" = None) -> torch.Tensor:
         """uint8 (n, C, H, W) images from seeds seed .. seed + n - 1 (and `classes`, conditional models).
         `sampler` (VAEs): "prior" (z ~ N(0, I)) or "gmm" (a mixture fitted to the training set's
-        latents; see samplers.py; unconditional VAEs only)."""
+        latents; see samplers.py; unconditional VAEs only). With `upsample`, each image then goes
+        through that upsampler, its noise seeded by the image's seed: (n, C, f H, f W)."""
         if n <= 0:
             raise ValueError(f"n must be positive, got {n}")
+        if upsample is not None:
+            check_chain(self, upsample)
         if sampler == "prior":
-            return generate_images(self.nets, self.config, range(seed, seed + n), self.device, batch_size,
-                                   labels=self.class_labels(n, classes))
-        if self.conditional:
-            raise ValueError(f"the {sampler} sampler is fitted to an unconditional VAE's latents; this run is "
-                             "conditional: use the prior sampler")
-        from .samplers import sampler_latents
+            images = generate_images(self.nets, self.config, range(seed, seed + n), self.device, batch_size,
+                                     labels=self.class_labels(n, classes))
+        else:
+            if self.conditional:
+                raise ValueError(f"the {sampler} sampler is fitted to an unconditional VAE's latents; this run is "
+                                 "conditional: use the prior sampler")
+            from .samplers import sampler_latents
 
-        z = sampler_latents(self, range(seed, seed + n), sampler)  # (n, z_dim), latent i from seed + i
-        return torch.cat([to_uint8(self.decode(z[i : i + batch_size])).cpu() for i in range(0, n, batch_size)])
+            z = sampler_latents(self, range(seed, seed + n), sampler)  # (n, z_dim), latent i from seed + i
+            images = torch.cat([to_uint8(self.decode(z[i : i + batch_size])).cpu() for i in range(0, n, batch_size)])
+        if upsample is None:
+            return images
+        return torch.cat([upsample.upsample(images[i : i + batch_size], seeds=range(seed + i, seed + i + batch_size))
+                          for i in range(0, n, batch_size)])
 
     def sample(self, n: int, seed: int = 0, batch_size: int = 256,
-               classes: ClassSpec | Sequence[ClassSpec] | None = None, sampler: str = "prior") -> np.ndarray:
+               classes: ClassSpec | Sequence[ClassSpec] | None = None, sampler: str = "prior",
+               upsample: "UpsamplerModel | None" = None) -> np.ndarray:
         """uint8 numpy (n, H, W, C) images; image i comes from seed `seed + i`, so the same seed
         always gives the same image. Conditional models: image i has class class_labels(n, classes)[i]
         (a name or index for all, a list of n, or None: class i mod num_classes). VAEs:
-        sampler="gmm" draws latents from the ex-post mixture."""
-        return to_hwc_numpy(self.sample_tensor(n, seed, batch_size, classes, sampler))
+        sampler="gmm" draws latents from the ex-post mixture. `upsample`: see sample_tensor."""
+        return to_hwc_numpy(self.sample_tensor(n, seed, batch_size, classes, sampler, upsample))
 
     # ------------------------------------------------------------------ VAE only
 
@@ -196,6 +212,74 @@ class Model:
         return to_uint8(self.decode(mu, classes)).cpu()
 
 
+@dataclass
+class UpsamplerModel:
+    """A trained upsampler (model "upsampler"), in eval mode: low-res (h = resolution / factor)
+    images -> images `factor` times larger."""
+
+    config: TrainConfig
+    info: dict[str, Any]
+    net: nn.Module
+    device: torch.device
+    run_dir: Path
+
+    @property
+    def factor(self) -> int:
+        return int(self.config.upsample_factor)
+
+    @property
+    def resolution(self) -> int:
+        """The output size."""
+        return self.config.resolution
+
+    @property
+    def in_resolution(self) -> int:
+        return self.config.resolution // self.factor
+
+    @property
+    def channels(self) -> int:
+        return int(self.info["channels"])
+
+    @torch.no_grad()
+    def upsample(self, images_u8: torch.Tensor, seeds: list[int] | range | None = None) -> torch.Tensor:
+        """uint8 (N, C, h, w) -> uint8 (N, C, f h, f w); image i uses the noise of seeds[i]
+        (default 0 .. N-1): the same image and seed always give the same output."""
+        from .models.upsampler import upsample_seeded
+
+        n, c, h, w = images_u8.shape
+        if (c, h, w) != (self.channels, self.in_resolution, self.in_resolution):
+            raise ConfigError(f"{self.run_dir} upsamples {self.channels}-channel {self.in_resolution} px images; "
+                              f"got {c}-channel {h}x{w}")
+        seeds = range(n) if seeds is None else list(seeds)[:n]
+        return to_uint8(upsample_seeded(self.net, to_float(images_u8.to(self.device)), seeds)).cpu()
+
+
+def check_chain(model: Model, up: UpsamplerModel) -> None:
+    """Raise ConfigError unless `model`'s images are what `up` takes: same channels, and
+    model resolution * factor == the upsampler's resolution."""
+    if model.resolution * up.factor != up.resolution or model.channels != up.channels:
+        raise ConfigError(
+            f"cannot chain {model.run_dir} ({model.resolution} px, {model.channels} channel(s)) into {up.run_dir}, "
+            f"which takes {up.in_resolution} px, {up.channels} channel(s) (x{up.factor} -> {up.resolution} px); "
+            "train the upsampler with --res = the run's resolution times --upsample-factor")
+
+
+def load_upsampler(run_dir: str | Path, device: str = "auto", checkpoint: str = "latest") -> UpsamplerModel:
+    """Load an upsampler run directory (see `load` for `checkpoint`)."""
+    run_dir = Path(run_dir)
+    cfg, payload = read_run_config(run_dir)
+    if cfg.model != "upsampler":
+        raise ConfigError(f"{run_dir} is a {cfg.model} run, not an upsampler; train one with --model upsampler")
+    path = run_dir / WEIGHTS if checkpoint == "latest" else run_dir / "best" / WEIGHTS
+    if checkpoint not in ("latest", "best") or not path.is_file():
+        raise ConfigError(f"{run_dir} has no {checkpoint!r} weights at {path}")
+    info = payload.get("data_info") or {}
+    dev = resolve_device(device)
+    net = build_networks(cfg, int(info.get("channels", cfg.channels or 1)))["U"]
+    load_weights({"U": net}, path)
+    return UpsamplerModel(config=cfg, info=info, net=net.to(dev).eval(), device=dev, run_dir=run_dir)
+
+
 def load(run_dir: str | Path, device: str = "auto", checkpoint: str = "latest", ema: bool = True) -> Model:
     """Load a run directory. `checkpoint` is "latest" (model.safetensors) or "best"
     (best/model.safetensors, kept by in-training evaluation). For a GAN trained with
@@ -203,6 +287,9 @@ def load(run_dir: str | Path, device: str = "auto", checkpoint: str = "latest", 
     the model's G; `ema=False` loads the raw generator."""
     run_dir = Path(run_dir)
     cfg, payload = read_run_config(run_dir)
+    if cfg.model == "upsampler":
+        raise ConfigError(f"{run_dir} is an upsampler run: it needs low-res images (latentforge upsample {run_dir}, "
+                          f"or sample ANOTHER_RUN --upsample {run_dir}; in Python: load_upsampler)")
     if checkpoint == "latest":
         path = run_dir / WEIGHTS
     elif checkpoint == "best":

@@ -35,6 +35,8 @@ from .augment import diff_augment
 from .guard import Guard, Problem, TrainingDiverged
 from .losses import GAN_LOSSES, adaptive_adv_weight, feature_matching, gradient_penalty, negative_elbo, r1_penalty
 from .models import build_networks
+from .models.progan import fade_reals, progan_schedule
+from .models.upsampler import area_downsample, comparison_rows
 from .models.vae_gan import PatchDiscriminator, decoder_last_layer
 from .vae_tools import active_units_row, kl_weight
 
@@ -180,6 +182,58 @@ def _conditional_labels(labels: torch.Tensor | Sequence[torch.Tensor] | None, n_
     return out
 
 
+def upsampler_step(U: nn.Module, D: nn.Module, opt_U: torch.optim.Optimizer, opt_D: torch.optim.Optimizer,
+                   real: torch.Tensor | Sequence[torch.Tensor], factor: int, *, loss: str = "ns",
+                   gp_weight: float = 0.0, r1_gamma: float = 0.0, recon_weight: float = 100.0) -> dict[str, float]:
+    """One upsampler step: D update(s) on real pairs vs upsampled pairs, then U on adversarial +
+    recon_weight * L1, pix2pix's objective (Isola et al. 2017, eq. 4):
+        U* = arg min_U max_D  L_GAN(U, D) + recon_weight * E|y - U(x)|
+    `real` is one high-res batch y per D step; its low-res input x is its area downsample by
+    `factor`. D sees (image, x) pairs: (y, x) is real, (U(x), x) is fake. The loss names and
+    penalties are those of gan_step.
+    """
+    d_loss_fn, g_loss_fn = GAN_LOSSES[loss]
+    reals = [real] if isinstance(real, torch.Tensor) else list(real)
+    logs: dict[str, float] = {}
+
+    # 1. discriminator, n_critic times, on (high-res, low-res) pairs; the upsampled image is detached
+    for real_i in reals:
+        low = area_downsample(real_i, factor)  # (B, C, H/f, W/f)
+        fake = U(low)  # (B, C, H, W)
+        real_in = real_i.detach().requires_grad_(True) if r1_gamma > 0 else real_i
+        real_logits, fake_logits = D(real_in, low), D(fake.detach(), low)  # (B, patches)
+        loss_D = d_loss_fn(real_logits, fake_logits)
+        total_D = loss_D
+        if gp_weight > 0:  # the penalty on the image, at the fixed low-res input
+            gp = gradient_penalty(lambda y: D(y, low), real_i, fake)  # noqa: B023
+            total_D = total_D + gp_weight * gp
+            logs["loss/gp"] = gp.item()
+        if r1_gamma > 0:
+            r1 = r1_penalty(real_logits, real_in)
+            total_D = total_D + r1_gamma / 2 * r1
+            logs["loss/r1"] = r1.item()
+        opt_D.zero_grad(set_to_none=True)
+        total_D.backward()
+        opt_D.step()
+
+    # 2. upsampler: fool the just-updated D and stay close to the real image (L1)
+    adv = g_loss_fn(D(fake, low))
+    l1 = (fake - real_i).abs().mean()
+    loss_U = adv + recon_weight * l1
+    opt_U.zero_grad(set_to_none=True)
+    loss_U.backward()
+    opt_U.step()
+    return {"loss/D": loss_D.item(), "loss/U": loss_U.item(), "loss/adv": adv.item(), "loss/l1": l1.item(), **logs}
+
+
+def set_progan_progress(nets: dict[str, nn.Module], cfg: TrainConfig, step: int) -> tuple[int, float]:
+    """Progressive growing: G, D (and G_ema) run step `step` at progan_schedule(step, cfg)."""
+    stage, alpha = progan_schedule(step, cfg)
+    for net in nets.values():
+        net.set_progress(stage, alpha)
+    return stage, alpha
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
     """p_ema <- decay * p_ema + (1 - decay) * p for every parameter; buffers (batch-norm running
@@ -323,7 +377,7 @@ def generate_images(nets: dict[str, nn.Module], cfg: TrainConfig, seeds: list[in
 
 
 def _make_optimizers(nets: dict[str, nn.Module], cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
-    lrs = {"G": cfg.lr, "D": cfg.lr_d, "vae": cfg.lr}  # G_ema has no optimizer: it follows G
+    lrs = {"G": cfg.lr, "D": cfg.lr_d, "vae": cfg.lr, "U": cfg.lr}  # G_ema has no optimizer: it follows G
     return {role: torch.optim.Adam(nets[role].parameters(), lr=lrs[role], betas=(cfg.beta1, cfg.beta2))
             for role in nets if role in lrs}
 
@@ -397,8 +451,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         cfg = saved
 
     device = distributed.setup(resolve_device(cfg.device))  # under torchrun: join the job, cuda:LOCAL_RANK
-    if cfg.model == "vae_gan" and distributed.is_distributed():
-        raise ConfigError("model vae_gan trains in one process; run it without torchrun")
+    if cfg.model in ("vae_gan", "progan", "upsampler") and distributed.is_distributed():
+        raise ConfigError(f"model {cfg.model} trains in one process for now; run it without torchrun")
     distributed.barrier()  # every rank has checked --out before rank 0 writes into it
     distributed.check_batch_size(cfg.batch_size)
     acceleration.check(cfg, device)
@@ -438,6 +492,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         if distributed.is_main():
             truncate_jsonl(run_dir / "metrics.jsonl", state.step)
         log(f"resuming {run_dir} at step {state.step} of {cfg.steps}")
+    if cfg.model == "progan":
+        set_progan_progress(nets, cfg, state.step)
     data_info = {"resolution": cfg.resolution, "channels": channels, "num_images": len(images),
                  "class_names": data.class_names, "skipped": len(data.skipped), "name": data.name}
     if num_classes:
@@ -481,7 +537,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     def write_samples() -> None:
         if not distributed.is_main():
             return
-        grid = generate_images(nets, cfg, SAMPLE_GRID_SEEDS, device)
+        if cfg.model == "upsampler":  # rows: low-res input, bicubic, upsampler, real (the first 8 images)
+            grid = comparison_rows(nets["U"], images[:8], SAMPLE_GRID_SEEDS[:8])
+        else:
+            grid = generate_images(nets, cfg, SAMPLE_GRID_SEEDS, device)
         save_grid(grid, run_dir / "samples" / f"step_{state.step:06d}.png", nrow=sample_grid_nrow(num_classes),
                   upscale=2,
                   metadata={"latentforge": __version__, "model": cfg.model, "run": run_dir.name,
@@ -523,11 +582,19 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                     write_samples()
                 break
             t0 = time.perf_counter()
-            if cfg.family == "gan":
+            if cfg.model == "upsampler":  # pairs from real data: a high-res batch and its area downsample
+                reals = [to_float(images[order.indices(state.step * cfg.n_critic + i)]) for i in range(cfg.n_critic)]
+                out = upsampler_step(nets["U"], nets["D"], opts["U"], opts["D"], reals, cfg.upsample_factor,
+                                     loss=cfg.loss, gp_weight=cfg.gp_weight, r1_gamma=cfg.r1_gamma,
+                                     recon_weight=cfg.recon_weight)
+            elif cfg.family == "gan":
                 # D step i of step s takes batch s * n_critic + i: fresh data, a pure function of the step
                 # (several processes: rank r takes slice r of each global batch)
                 idx = [distributed.batch_slice(order.indices(state.step * cfg.n_critic + i)) for i in range(cfg.n_critic)]
                 reals = [to_float(images[j]) for j in idx]
+                if cfg.model == "progan":  # grow: (stage, alpha) from the step; the reals faded to match G
+                    stage, alpha = set_progan_progress(nets, cfg, state.step)
+                    reals = [fade_reals(r, stage, alpha, cfg.resolution) for r in reals]
                 out = gan_step(step_nets["G"], step_nets["D"], opts["G"], opts["D"], reals, cfg.z_dim, loss=cfg.loss,
                                gp_weight=cfg.gp_weight, r1_gamma=cfg.r1_gamma, augment=cfg.augment,
                                G_ema=nets.get("G_ema"), ema_decay=cfg.ema_decay,
@@ -566,6 +633,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                        **{k: round(v, 6) for k, v in last.items()}}
                 if kl_w is not None:
                     row["kl_weight"] = round(kl_w, 6)
+                if cfg.model == "progan":  # where the growing stands, at the step just taken
+                    stage, alpha = progan_schedule(state.step - 1, cfg)
+                    row.update(stage=stage, alpha=round(alpha, 6))
                 if distributed.is_main():
                     append_jsonl(run_dir / "metrics.jsonl", row)
                 acc, acc_k, acc_t0, acc_step0 = {}, {}, now, state.step

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from . import resnet_gan
+from . import progan, resnet_gan, upsampler
 from .dcgan import DCGANConfig, Discriminator, Generator
 from .resnet_gan import ResNetGANConfig
 from .vae import VAE, VAEConfig, VAEOutput
@@ -29,6 +29,21 @@ def _build_resnet_gan(cfg: TrainConfig, channels: int, num_classes: int = 0) -> 
     return {"G": resnet_gan.Generator(mc), "D": resnet_gan.Discriminator(mc)}
 
 
+def _build_progan(cfg: TrainConfig, channels: int, num_classes: int = 0) -> dict[str, nn.Module]:
+    if num_classes:
+        raise ValueError("progan has no conditional variant")
+    mc = progan.ProGANConfig(resolution=cfg.resolution, img_channels=channels, z_dim=cfg.z_dim, width=cfg.width)
+    return {"G": progan.Generator(mc), "D": progan.Discriminator(mc)}
+
+
+def _build_upsampler(cfg: TrainConfig, channels: int, num_classes: int = 0) -> dict[str, nn.Module]:
+    if num_classes:
+        raise ValueError("the upsampler has no conditional variant")
+    mc = upsampler.UpsamplerConfig(resolution=cfg.resolution, img_channels=channels, factor=cfg.upsample_factor,
+                                   width=cfg.width, spectral_norm=cfg.spectral_norm)
+    return {"U": upsampler.Upsampler(mc), "D": upsampler.PatchDiscriminator(mc)}
+
+
 def _build_vae(cfg: TrainConfig, channels: int, num_classes: int = 0) -> dict[str, nn.Module]:
     mc = VAEConfig(resolution=cfg.resolution, img_channels=channels, z_dim=cfg.z_dim, width=cfg.width,
                    likelihood=cfg.recon_loss, num_classes=num_classes)
@@ -49,10 +64,11 @@ def _build_vae_gan(cfg: TrainConfig, channels: int, num_classes: int = 0) -> dic
 
 
 # name -> builder of the run's networks, keyed by the prefix their weights carry on disk
-MODELS = {"vae": _build_vae, "dcgan": _build_dcgan, "resnet_gan": _build_resnet_gan, "vae_gan": _build_vae_gan}
+MODELS = {"vae": _build_vae, "dcgan": _build_dcgan, "resnet_gan": _build_resnet_gan, "vae_gan": _build_vae_gan,
+          "progan": _build_progan, "upsampler": _build_upsampler}
 
 
 def build_networks(cfg: TrainConfig, channels: int, num_classes: int = 0) -> dict[str, nn.Module]:
     """The networks of a run, by role: {"G": ..., "D": ...} for GANs, {"vae": ...} for VAEs,
-    {"vae": ..., "D": ...} for the VAE-GAN. `num_classes` > 0 builds the class-conditional networks (a run trained with `conditional`)."""
+    {"vae": ..., "D": ...} for the VAE-GAN, {"U": ..., "D": ...} for the upsampler. `num_classes` > 0 builds the class-conditional networks (a run trained with `conditional`)."""
     return MODELS[cfg.model](cfg, channels, num_classes)

@@ -1,0 +1,295 @@
+"""Progressive GAN: layers against closed forms, the schedule at its boundaries, the fade-in
+exact at alpha 0 and 1, shapes at every stage, and exact resume in the middle of a fade."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from latentforge.checkpoint import read_jsonl
+from latentforge.config import ConfigError, TrainConfig
+from latentforge.losses import GAN_LOSSES, d_loss_wasserstein_drift
+from latentforge.models import build_networks
+from latentforge.models.progan import (Discriminator, EqualizedConv2d, EqualizedLinear, Generator, ProGANConfig,
+                                       fade_reals, minibatch_stddev, pixel_norm, progan_schedule, stage_resolutions)
+from latentforge.train import gan_step, train
+
+
+def _nets(res: int = 28, channels: int = 1, seed: int = 0) -> tuple[Generator, Discriminator]:
+    torch.manual_seed(seed)
+    cfg = ProGANConfig(resolution=res, img_channels=channels, z_dim=8, width=8)
+    return Generator(cfg), Discriminator(cfg)
+
+
+def _dyadic(*shape: int, seed: int = 0) -> torch.Tensor:
+    """Values k / 64: sums of a few of them, and their halves and quarters, are exact in float32."""
+    return torch.randint(-64, 65, shape, generator=torch.Generator().manual_seed(seed)).float() / 64
+
+
+# ---------------------------------------------------------------------------- layers
+
+
+def test_equalized_lr_scales_weights_by_he_constant_at_run_time() -> None:
+    conv = EqualizedConv2d(3, 5, 3)
+    assert conv.scale == pytest.approx(math.sqrt(2) / math.sqrt(3 * 3 * 3))
+    with torch.no_grad():
+        conv.bias.normal_()
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight * conv.scale, conv.bias, padding=1))
+    # the stored weight is N(0, 1), not pre-scaled: its std is ~1, whatever the fan-in
+    big = EqualizedConv2d(256, 64, 3)
+    assert abs(big.weight.std().item() - 1) < 0.02 and big.scale == pytest.approx(math.sqrt(2 / (256 * 9)))
+    lin = EqualizedLinear(50, 4, gain=1.0)
+    assert lin.scale == pytest.approx(1 / math.sqrt(50))
+    v = torch.randn(3, 50)
+    torch.testing.assert_close(lin(v), v @ (lin.weight * lin.scale).T + lin.bias)
+
+
+def test_pixel_norm_gives_unit_mean_square_over_channels() -> None:
+    x = torch.randn(2, 7, 3, 3) * 5
+    y = pixel_norm(x)
+    torch.testing.assert_close(y.pow(2).mean(dim=1), torch.ones(2, 3, 3), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y / y.norm(dim=1, keepdim=True), x / x.norm(dim=1, keepdim=True))  # direction kept
+
+
+def test_minibatch_stddev_adds_one_channel_with_the_group_std() -> None:
+    # four images, 2 channels of 2x2; groups of 2: image i is in group i mod 2, so {0, 2} and {1, 3}
+    x = torch.zeros(4, 2, 2, 2)
+    x[2] = 2.0  # group 0: values 0 and 2 everywhere -> std 1 at every feature
+    x[1], x[3] = 1.0, 7.0  # group 1: values 1 and 7 -> std 3
+    y = minibatch_stddev(x, group_size=2)
+    assert y.shape == (4, 3, 2, 2)
+    assert torch.equal(y[:, :2], x)  # the input channels pass unchanged
+    expect = torch.tensor([1.0, 3.0, 1.0, 3.0]).view(4, 1, 1, 1).expand(4, 1, 2, 2)
+    torch.testing.assert_close(y[:, 2:], expect)
+    # one group of all four: values 0, 1, 2, 7 -> population std over the group
+    vals = torch.tensor([0.0, 1.0, 2.0, 7.0])
+    std = math.sqrt(((vals - vals.mean()) ** 2).mean().item() + 1e-8)
+    torch.testing.assert_close(minibatch_stddev(x, group_size=4)[:, 2], torch.full((4, 2, 2), std))
+    # a batch the group size does not divide uses the largest group size that does (6 -> 3)
+    assert minibatch_stddev(torch.randn(6, 2, 2, 2), group_size=4).shape == (6, 3, 2, 2)
+
+
+def test_wgan_drift_loss() -> None:
+    real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5, 1.5])
+    # mean(fake) - mean(real) + 0.001 * mean(real^2) = 1 - 0.5 + 0.001 * 2.5
+    assert d_loss_wasserstein_drift(real, fake).item() == pytest.approx(0.5 + 0.0025)
+    assert GAN_LOSSES["wgan-drift"][1](fake).item() == pytest.approx(-1.0)
+
+
+# ---------------------------------------------------------------------------- schedule
+
+
+def test_stage_resolutions() -> None:
+    assert stage_resolutions(28) == [7, 14, 28]
+    assert stage_resolutions(32) == [4, 8, 16, 32]
+    assert stage_resolutions(1024) == [4, 8, 16, 32, 64, 128, 256, 512, 1024]
+    with pytest.raises(ValueError, match="supports resolutions"):
+        stage_resolutions(48)
+    cfg = ProGANConfig(resolution=1024, width=16)
+    assert [cfg.channels(s) for s in range(cfg.n_stages)] == [512, 512, 512, 512, 256, 128, 64, 32, 16]  # capped
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(model="progan", resolution=28, batch_size=8, stage_images=16)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_progan_schedule_at_the_stage_boundaries() -> None:
+    cfg = _cfg()  # 2 steps per phase; 3 stages (7, 14, 28 px)
+    got = [progan_schedule(s, cfg) for s in range(10)]
+    assert got == [(0, 1.0), (0, 1.0),  # base stage: stable only
+                   (1, 0.0), (1, 0.5), (1, 1.0), (1, 1.0),  # 14 px: fade in, then stable
+                   (2, 0.0), (2, 0.5), (2, 1.0), (2, 1.0)]  # 28 px
+    assert progan_schedule(10_000, cfg) == (2, 1.0)  # grown: stays at the last stage
+    # alpha is the fraction of the fade phase's images already shown, also off the step grid
+    assert progan_schedule(3, _cfg(stage_images=20)) == (1, pytest.approx(4 / 20))  # 24 shown: 4 into phase 1
+    # D sees n_critic batches a step: the schedule counts them all
+    assert progan_schedule(1, _cfg(n_critic=2)) == (1, 0.0)
+
+
+# ---------------------------------------------------------------------------- shapes and fade-in
+
+
+@pytest.mark.parametrize(("res", "channels"), [(28, 1), (28, 3), (32, 1), (64, 3)])
+def test_shapes_at_every_stage(res: int, channels: int) -> None:
+    G, D = _nets(res, channels)
+    stages = stage_resolutions(res)
+    for s, r in enumerate(stages):
+        for alpha in (1.0,) if s == 0 else (0.3, 1.0):
+            G.set_progress(s, alpha)
+            D.set_progress(s, alpha)
+            x = G(torch.randn(2, 8))
+            assert x.shape == (2, channels, res, res)  # always the target size ...
+            k = res // r  # ... nearest-upsampled from the stage size: constant k x k blocks
+            assert torch.equal(x, F.interpolate(x[:, :, ::k, ::k], scale_factor=k, mode="nearest"))
+            assert D(x).shape == (2,)
+    with pytest.raises(ValueError, match="images must have shape"):
+        D(torch.zeros(2, channels, res // 2, res // 2))
+
+
+def test_generator_fade_in_is_exact_at_alpha_0_and_1() -> None:
+    G, _ = _nets(28)
+    z = torch.randn(5, 8)
+    for s in (1, 2):
+        G.set_progress(s - 1, 1.0)
+        old = G(z)  # the previous stage, fully faded in, upsampled to 28 px
+        G.set_progress(s, 0.0)
+        assert torch.equal(G(z), old)
+        G.set_progress(s, 1.0)
+        new = G(z)
+        with torch.no_grad():  # at alpha 1 the old toRGB plays no part
+            G.to_rgb[s - 1].weight.add_(1.0)
+        assert torch.equal(G(z), new)
+        G.set_progress(s, 0.25)
+        torch.testing.assert_close(G(z), G_at(G, s - 1, 1.0, z) * 0.75 + new * 0.25, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():
+            G.to_rgb[s - 1].weight.sub_(1.0)
+
+
+def G_at(G: Generator, stage: int, alpha: float, z: torch.Tensor) -> torch.Tensor:
+    G.set_progress(stage, alpha)
+    return G(z)
+
+
+def test_discriminator_fade_in_is_exact_at_alpha_0_and_1() -> None:
+    _, D = _nets(28)
+    for s, r_old in ((1, 7), (2, 14)):
+        # an image the previous stage could have made: r_old px, nearest-upsampled to 28 px
+        x = F.interpolate(_dyadic(6, 1, r_old, r_old, seed=s), size=28, mode="nearest")
+        D.set_progress(s - 1, 1.0)
+        old = D(x)
+        D.set_progress(s, 0.0)
+        assert torch.equal(D(x), old)
+        D.set_progress(s, 1.0)
+        new = D(x)
+        with torch.no_grad():  # at alpha 1 the old fromRGB plays no part
+            D.from_rgb[s - 1].weight.add_(1.0)
+        assert torch.equal(D(x), new)
+        with torch.no_grad():
+            D.from_rgb[s - 1].weight.sub_(1.0)
+
+
+def test_discriminator_input_gradient_has_the_stage_resolution_norm() -> None:
+    """D reads every k-th pixel, so for an image nearest-upsampled from the stage size the input
+    gradient (what WGAN-GP and R1 penalize) has the same norm at 28 px as at the stage size."""
+    _, D = _nets(28)
+    D.set_progress(1, 1.0)  # 14 px: k = 2
+    xs = torch.randn(3, 1, 14, 14, requires_grad=True)
+    big = F.interpolate(xs.detach(), scale_factor=2, mode="nearest").requires_grad_(True)
+    (g_big,) = torch.autograd.grad(D(big).sum(), big)
+    (g_small,) = torch.autograd.grad(D(F.interpolate(xs, scale_factor=2, mode="nearest")).sum(), xs)
+    torch.testing.assert_close(g_big.flatten(1).norm(dim=1), g_small.flatten(1).norm(dim=1))
+
+
+def test_fade_reals_matches_the_stage() -> None:
+    x = torch.rand(4, 1, 28, 28) * 2 - 1
+    # stable at 14 px: the 2x2 means, nearest-upsampled back to 28 px
+    y = fade_reals(x, 1, 1.0, 28)
+    assert y.shape == x.shape
+    assert torch.equal(y[:, :, ::2, ::2], F.avg_pool2d(x, 2))
+    assert torch.equal(y, F.interpolate(y[:, :, ::2, ::2], scale_factor=2, mode="nearest"))
+    # the start of the fade to 14 px is the 7 px stage; the middle is the blend of both
+    torch.testing.assert_close(fade_reals(x, 1, 0.0, 28), fade_reals(x, 0, 1.0, 28))
+    mid = 0.6 * fade_reals(x, 0, 1.0, 28) + 0.4 * fade_reals(x, 1, 1.0, 28)
+    torch.testing.assert_close(fade_reals(x, 1, 0.4, 28), mid)
+    assert torch.equal(fade_reals(x, 2, 1.0, 28), x)  # the last stage sees the images as they are
+
+
+def test_set_progress_is_checked() -> None:
+    G, _ = _nets(28)
+    with pytest.raises(ValueError, match="stage must lie"):
+        G.set_progress(3, 1.0)
+    with pytest.raises(ValueError, match="alpha must lie"):
+        G.set_progress(1, 1.5)
+    with pytest.raises(ValueError, match="be 1 at stage 0"):
+        G.set_progress(0, 0.5)
+    assert G.progress() == (2, 1.0)  # built fully grown
+
+
+def test_a_step_at_stage_0_leaves_later_stages_without_gradients() -> None:
+    """All stages exist from step 0; only the active ones train (the optimizer state stays static)."""
+    cfg = _cfg(width=8, z_dim=8)
+    torch.manual_seed(0)
+    nets = build_networks(cfg, channels=1)
+    G, D = nets["G"], nets["D"]
+    for net in (G, D):
+        net.set_progress(0, 1.0)
+    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    real = fade_reals(torch.rand(8, 1, 28, 28) * 2 - 1, 0, 1.0, 28)
+    out = gan_step(G, D, opt_G, opt_D, real, cfg.z_dim, loss="wgan-drift", gp_weight=10.0)
+    assert math.isfinite(out["loss/D"]) and "loss/gp" in out
+    after = G.state_dict()
+    assert not torch.equal(after["blocks.0.dense.weight"], before["blocks.0.dense.weight"])
+    assert not torch.equal(after["to_rgb.0.weight"], before["to_rgb.0.weight"])
+    for k in ("blocks.1.conv1.weight", "blocks.2.conv2.weight", "to_rgb.1.weight", "to_rgb.2.weight"):
+        assert torch.equal(after[k], before[k]), k
+        assert dict(G.named_parameters())[k].grad is None
+
+
+def test_config_for_progan() -> None:
+    cfg = TrainConfig(model="progan")
+    assert (cfg.z_dim, cfg.lr, cfg.beta1) == (512, 1e-3, 0.0)  # the paper's latent size and Adam settings
+    assert TrainConfig(model="progan", resolution=1024).resolution == 1024
+    with pytest.raises(ConfigError, match="resolution 256 is not supported"):
+        TrainConfig(model="dcgan", resolution=256)
+    with pytest.raises(ConfigError, match="not spectral norm"):
+        TrainConfig(model="progan", spectral_norm=True)
+    with pytest.raises(ConfigError, match="stage_images must be positive"):
+        TrainConfig(model="progan", stage_images=0)
+    assert TrainConfig().z_dim == 100 and TrainConfig().lr == 2e-4  # dcgan defaults unchanged
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def _train_cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(model="progan", data=str(data), out=str(out), resolution=28, steps=4, batch_size=8, width=8, z_dim=8,
+                stage_images=16, log_every=1, sample_every=100, checkpoint_every=2, seed=0, loss="wgan-drift",
+                gp_weight=10.0, ema_decay=0.9)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_resume_mid_fade_is_exact(tiny_npz: Path, tmp_path: Path) -> None:
+    """4 steps at once == 3 steps (stopped in the fade to 14 px), resume to 4: bit-identical
+    weights, EMA and (stage, alpha), and the same log."""
+    quiet = dict(progress=False, log=lambda m: None)
+    straight = tmp_path / "straight"
+    train(_train_cfg(tiny_npz, straight), **quiet)
+    split = tmp_path / "split"
+    train(_train_cfg(tiny_npz, split, steps=3), **quiet)
+    w3 = load_file(str(split / "model.safetensors"))
+    assert (int(w3["G.stage"]), float(w3["G.alpha"])) == (1, 0.0)  # stopped in the middle of the fade
+    train(_train_cfg(tiny_npz, split, steps=4), resume=True, **quiet)
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(split / "model.safetensors"))
+    assert a.keys() == b.keys() and {"G.stage", "G.alpha", "D.alpha", "G_ema.alpha"} <= a.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (int(a["G.stage"]), float(a["G.alpha"]), float(a["G_ema.alpha"])) == (1, 0.5, 0.5)
+    rows_a, rows_b = read_jsonl(straight / "metrics.jsonl"), read_jsonl(split / "metrics.jsonl")
+    assert [(r["step"], r["stage"], r["alpha"]) for r in rows_a] == [(1, 0, 1.0), (2, 0, 1.0), (3, 1, 0.0), (4, 1, 0.5)]
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("time", "images_per_s")}  # noqa: E731
+    assert [strip(r) for r in rows_a] == [strip(r) for r in rows_b]
+
+
+def test_loaded_progan_samples_at_its_stage(tiny_npz: Path, tmp_path: Path) -> None:
+    import latentforge
+
+    run = tmp_path / "p"
+    train(_train_cfg(tiny_npz, run, steps=3, ema_decay=0.0, loss="ns", gp_weight=0.0), progress=False,
+          log=lambda m: None)
+    m = latentforge.load(run)
+    assert m.nets["G"].progress() == (1, 0.0)  # saved at step 3, which ran at 7 px (fade to 14 px just begun)
+    x = m.sample(3, seed=0)
+    assert x.shape == (3, 28, 28, 1)
+    x = torch.from_numpy(x[..., 0])
+    assert torch.equal(x, x[:, ::4, ::4].repeat_interleave(4, 1).repeat_interleave(4, 2))  # 7 px, upsampled x4
