@@ -492,7 +492,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             problem = guard.inspect(out, state.step) if guard is not None else None
             if problem is not None:
                 recover(problem)  # raises TrainingDiverged once the retries are used up
-                acc, acc_n, acc_t0, acc_step0 = {}, 0, time.perf_counter(), state.step
+                acc, acc_k, acc_t0, acc_step0 = {}, {}, time.perf_counter(), state.step
                 bar.update(task, completed=state.step)
                 continue
             for k, v in out.items():
