@@ -280,3 +280,30 @@ def test_cli_trains_with_the_vae_gan_flags(tiny_npz: Path, tmp_path: Path) -> No
     cfg = json.loads((run / "config.json").read_text())
     assert (cfg["adv_weight"], cfg["adv_adaptive"], cfg["adv_start"], cfg["fm_weight"]) == (0.2, False, 1, 0.5)
     assert cfg["loss"] == "hinge" and "loss/fm" in read_jsonl(run / "metrics.jsonl")[-1]
+
+
+def test_guard_rolls_back_a_vae_gan_nan_and_the_next_log_line_averages_only_the_replayed_steps(
+        tiny_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Call 7 (step 7) reports a NaN: the guard rolls back to its check at step 6, and the line
+    at step 8 is the mean over the replayed steps 7 and 8 (calls 8 and 9), nothing else."""
+    import latentforge.train as train_module
+
+    seen: list[dict[str, float]] = []
+    original = train_module.vae_gan_step
+
+    def step(*args, **kw):
+        out = original(*args, **kw)
+        if len(seen) == 6:
+            out["loss/total"] = math.nan
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(train_module, "vae_gan_step", step)
+    run = tmp_path / "g"
+    train(tiny_cfg(tiny_npz, run, steps=8, log_every=4, guard_every=2, sample_every=8, checkpoint_every=8), **QUIET)
+    (guard,) = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "guard"]
+    assert (guard["detected_step"], guard["rolled_back_to"]) == (7, 6) and "lr/D" in guard
+    rows = {r["step"]: r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "train"}
+    assert len(seen) == 9 and sorted(rows) == [4, 8]
+    for key in ("loss/total", "loss/D", "adv_weight"):
+        assert rows[8][key] == pytest.approx((seen[7][key] + seen[8][key]) / 2, rel=1e-5, abs=1e-6), key
