@@ -32,8 +32,8 @@ def test_presets_set_known_fields_and_say_where_their_values_come_from(name: str
 
 def test_fast_cpu_values_and_name_are_in_the_config() -> None:
     cfg = preset_config("fast-cpu", data="mnist", out="runs/x")
-    assert (cfg.model, cfg.resolution, cfg.width, cfg.loss, cfg.spectral_norm) == ("dcgan", 28, 64, "hinge", True)
-    assert (cfg.lr, cfg.lr_d, cfg.beta1, cfg.beta2, cfg.ema_decay) == (2e-4, 2e-4, 0.0, 0.9, 0.999)
+    assert (cfg.model, cfg.resolution, cfg.width, cfg.loss, cfg.spectral_norm) == ("dcgan", 28, 64, "ns", False)
+    assert (cfg.lr, cfg.lr_d, cfg.beta1, cfg.beta2, cfg.ema_decay) == (2e-4, 2e-4, 0.5, 0.999, 0.999)
     assert (cfg.batch_size, cfg.max_minutes, cfg.preset, cfg.data) == (64, 30.0, "fast-cpu", "mnist")
     assert preset_config("fast-cpu", width=16, lr=1e-4).width == 16  # keywords beat the preset
 
@@ -44,7 +44,7 @@ def test_explicit_flags_beat_the_preset_and_derived_values_follow() -> None:
     cfg = apply_preset(cli_cfg, "fast-cpu", explicit={"width", "lr", "out"})
     assert cfg.width == 16 and cfg.lr == 1e-4  # given: kept
     assert cfg.lr_d == 1e-4  # not given, not in the preset: follows --lr, as without a preset
-    assert cfg.loss == "hinge" and cfg.resolution == 28 and cfg.beta1 == 0.0  # not given: the preset's
+    assert cfg.resolution == 28 and cfg.ema_decay == 0.999 and cfg.max_minutes == 30.0  # not given: the preset's
     assert cfg.out == "runs/p" and cfg.preset == "fast-cpu"
     assert apply_preset(TrainConfig(), "fast-cpu").width == 64 and TrainConfig().preset == "none"
     # a flag given with the default's own value still wins over the preset
@@ -85,7 +85,15 @@ def test_cli_preset_with_overrides_trains_and_records_the_preset(tiny_npz: Path,
     assert saved["preset"] == "fast-cpu"
     assert (saved["width"], saved["batch_size"], saved["steps"]) == (8, 8, 2)  # the flags given
     assert (saved["guard"], saved["guard_every"], saved["guard_lr_factor"]) == (True, 1, 0.25)
-    assert (saved["loss"], saved["spectral_norm"], saved["ema_decay"], saved["max_minutes"]) == ("hinge", True, 0.999, 30.0)
+    assert (saved["loss"], saved["spectral_norm"], saved["ema_decay"], saved["max_minutes"]) == ("ns", False, 0.999, 30.0)
+    assert (saved["beta1"], saved["beta2"]) == (0.5, 0.999)  # the preset's
+    run2 = tmp_path / "run2"  # --beta1/--beta2 given: they beat the preset's
+    r = CliRunner().invoke(app, ["train", "--preset", "fast-cpu", "--data", str(tiny_npz), "--width", "8", "--z-dim", "8",
+                                 "--batch-size", "8", "--steps", "1", "--beta1", "0", "--beta2", "0.9", "--out", str(run2),
+                                 "--quiet"])
+    assert r.exit_code == 0, r.output
+    saved2 = json.loads((run2 / "config.json").read_text())
+    assert (saved2["beta1"], saved2["beta2"], saved2["ema_decay"]) == (0.0, 0.9, 0.999)
     # a resume may not switch presets
     r = CliRunner().invoke(app, ["train", "--out", str(run), "--resume", "--preset", "quality"])
     assert r.exit_code != 0 and "cannot change to quality" in str(r.exception)
