@@ -405,15 +405,17 @@ def no_grad_sync(net: nn.Module) -> contextlib.AbstractContextManager[Any]:
 # ----------------------------------------------------------------------------- sampling and features
 
 
-def sample_sharded(model: Any, n: int, seed: int, batch_size: int = 256,
-                   labels: torch.Tensor | None = None) -> tuple[range, torch.Tensor]:
+def sample_sharded(model: Any, n: int, seed: int, batch_size: int = 256, labels: torch.Tensor | None = None,
+                   sampler: str = "prior", upsample: Any = None) -> tuple[range, torch.Tensor]:
     """This rank's share of images seed .. seed + n - 1 from a loaded model (sample.Model):
     (its indices in 0..n-1, uint8 (len, C, H, W)). One process: (range(n), all of them).
-    `labels`: the (n,) classes of a conditional model's n images (each rank takes its slice)."""
+    `labels`: the (n,) classes of a conditional model's n images (each rank takes its slice);
+    `sampler`: a VAE's latent sampler; `upsample`: an upsampler model (see Model.sample_tensor)."""
     idx = shard_range(n, align=batch_size)
     if len(idx):
         mine = None if labels is None else labels[idx.start : idx.stop]
-        return idx, model.sample_tensor(len(idx), seed + idx.start, batch_size, classes=mine)
+        return idx, model.sample_tensor(len(idx), seed + idx.start, batch_size, classes=mine, sampler=sampler,
+                                        upsample=upsample)
     f = 1 if upsample is None else int(upsample.factor)
     return idx, torch.empty((0, model.channels, model.resolution * f, model.resolution * f), dtype=torch.uint8)
 
