@@ -324,11 +324,13 @@ def compare(
 
 def _register_extensions() -> None:
     # Commands that live in their own modules (latent exploration, the web server).
+    from .cli_classifier import register as register_classifier
     from .cli_explore import register as register_explore
     from .cli_serve import register as register_serve
 
     register_explore(app)
     register_serve(app)
+    register_classifier(app)
 
 
 _register_extensions()
