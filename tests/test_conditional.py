@@ -385,3 +385,22 @@ def test_cli_train_conditional(cli, tiny_npz: Path, tmp_path: Path) -> None:
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"] == "resnet_gan" and cfg["conditional"] is True and cfg["data_info"]["num_classes"] == 2
     assert latentforge.load(run).sample(2, classes="disc").shape == (2, 28, 28, 1)
+
+
+@pytest.mark.integration
+def test_cli_eval_of_a_conditional_run_reports_class_accuracy(cli, runs, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """eval generates image i with class i mod K and scores, with a classifier trained on the run's own
+    (labelled) data, how often each image is recognized as the class it asked for."""
+    monkeypatch.setenv("LATENTFORGE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "eval.json"
+    r = cli("eval", runs["dcgan"], "--n", "16", "--metrics", "kid", "--json", out)
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert "class accuracy:" in r.output
+    ca = json.loads(out.read_text())["class_accuracy"]
+    assert ca["n"] == 16 and ca["chance"] == 0.5 and 0.0 <= ca["accuracy"] <= 1.0
+    assert ca["per_class_n"] == {"square": 8, "disc": 8}
+    assert ca["classifier"]["held_out_accuracy"] > 0.9  # two easy classes: the judge itself must be good
+    r = cli("eval", runs["plain"], "--n", "16", "--metrics", "kid", "--json", tmp_path / "plain.json")
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert "class_accuracy" not in json.loads((tmp_path / "plain.json").read_text())  # unconditional: no labels

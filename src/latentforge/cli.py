@@ -36,14 +36,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .guard import TrainingDiverged
 
-    errs: list[type[BaseException]] = [UserError, ConfigError, FileNotFoundError, TrainingDiverged]
-    try:
-        from .data import DataError
+    from .data import DataError
+    from .metrics.classifier import ClassifierError
 
-        errs.append(DataError)
-    except ImportError:  # pragma: no cover - data module always ships
-        pass
-    return tuple(errs)
+    return (UserError, ConfigError, FileNotFoundError, TrainingDiverged, DataError, ClassifierError)
 
 
 def main() -> None:
@@ -482,8 +478,9 @@ def eval_cmd(
             raise UserError(f"{run} is a {m.config.model} run; --iwae-k, --recon, --binarize and --sampler need a VAE run")
         ref = ref or default_eval_ref(m.config.data)
         result = {}
+        labels = m.class_labels(n)  # conditional runs: image i asks for class i mod K; None otherwise
         if wanted:
-            images = distributed.gather_rows(distributed.sample_sharded(m, n, seed, sampler=sampler)[1])  # seed order
+            images = distributed.gather_rows(distributed.sample_sharded(m, n, seed, labels=labels, sampler=sampler)[1])
             mem_dir = (json_out.parent if json_out else run) if "memorization" in wanted else None
             result = distributed.evaluate_on_main(
                 lambda ext: evaluate(images, ref, n=n, metrics=wanted, seed=seed, train_spec=m.config.data,
@@ -496,6 +493,11 @@ def eval_cmd(
             return
         result["run"] = str(run)
         result["checkpoint"] = checkpoint
+        if wanted and labels is not None:  # is each image recognized as the class it asked for?
+            from .metrics.classifier import class_accuracy, get_classifier
+
+            clf = get_classifier(m.config.data, m.resolution, m.channels, progress=True)
+            result["class_accuracy"] = class_accuracy(images[:n], labels, clf)
         if m.family == "vae" and (vae_only or not m.conditional):
             from .vae_tools import evaluate_vae_run
 
@@ -504,6 +506,10 @@ def eval_cmd(
         return
     if wanted:
         print(format_table(result))
+    if "class_accuracy" in result:
+        ca = result["class_accuracy"]
+        print(f"class accuracy: {ca['accuracy']:.4f} of {ca['n']} images (chance {ca['chance']:.4f}; the judging "
+              f"classifier scores {ca['classifier']['held_out_accuracy']:.4f} on held-out real images)")
     if "vae" in result:
         from .vae_tools import format_vae_table
 
@@ -534,6 +540,7 @@ def compare(
 
 def _register_extensions() -> None:
     # Commands that live in their own modules (latent exploration, the web server).
+    from .cli_classifier import register as register_classifier
     from .cli_explore import register as register_explore
     from .cli_serve import register as register_serve
     from .cli_upsample import register as register_upsample
@@ -543,6 +550,7 @@ def _register_extensions() -> None:
     register_serve(app)
     register_vae(app)
     register_upsample(app)
+    register_classifier(app)
 
 
 _register_extensions()

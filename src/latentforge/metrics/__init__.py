@@ -10,10 +10,12 @@ kid.py            kernel inception distance (Binkowski et al. 2018)
 prdc.py           precision / recall (Kynkaanniemi et al. 2019), density / coverage (Naeem et al. 2020)
 memorization.py   nearest-training-image distances in pixel space, near-copy rate, closest pairs PNG
 evaluate.py       the protocol: reference selection, resizing, cached reference features, result dict
+classifier.py     class accuracy of conditional samples, judged by a small CNN trained on the real data
 
 Importing this package is cheap: nothing loads the Inception weights until features are needed.
 """
 
+from .classifier import ClassifierError, class_accuracy, get_classifier
 from .evaluate import (METRICS, SELECTION_RULE, InTrainingEvaluator, cache_root, evaluate, evaluate_sets,
                        format_table, match_images, reference_features, select_indices)
 from .features import (FEATURE_FILE, FEATURE_PACKAGE, FEATURE_SHA256, PREPROCESSING, FeatureModelError,
@@ -32,4 +34,5 @@ __all__ = [
     "kid", "mmd2_unbiased", "polynomial_kernel",
     "prdc", "precision_recall", "knn_radii",
     "memorization", "MemorizationReport", "nearest_neighbours", "save_closest_pairs_png",
+    "get_classifier", "class_accuracy", "ClassifierError",
 ]
