@@ -243,6 +243,8 @@ def test_config_for_progan() -> None:
         TrainConfig(model="dcgan", resolution=256)
     with pytest.raises(ConfigError, match="not spectral norm"):
         TrainConfig(model="progan", spectral_norm=True)
+    with pytest.raises(ConfigError, match="progan has no conditional variant"):
+        TrainConfig(model="progan", conditional=True)
     with pytest.raises(ConfigError, match="stage_images must be positive"):
         TrainConfig(model="progan", stage_images=0)
     assert TrainConfig().z_dim == 100 and TrainConfig().lr == 2e-4  # dcgan defaults unchanged

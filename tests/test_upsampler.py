@@ -95,6 +95,8 @@ def test_config_for_the_upsampler() -> None:
         TrainConfig(model="upsampler", upsample_factor=3)
     with pytest.raises(ConfigError, match="does not support ema_decay"):
         TrainConfig(model="upsampler", ema_decay=0.99)
+    with pytest.raises(ConfigError, match="upsampler has no conditional variant"):
+        TrainConfig(model="upsampler", conditional=True)
 
 
 def _up_cfg(data: Path, out: Path, **kw) -> TrainConfig:
