@@ -99,6 +99,23 @@ class BatchOrder:
 # ---------------------------------------------------------------------------- the step functions
 
 
+def _d_penalties(D_of_x: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
+                 real_logits: torch.Tensor, gp_weight: float, r1_gamma: float, logs: dict[str, float],
+                 r1_input: torch.Tensor | None = None) -> torch.Tensor | float:
+    """gp_weight * WGAN-GP(D, real, fake) + r1_gamma / 2 * R1(D(real)), the terms that are on;
+    their values go into `logs`. R1 differentiates `real_logits` w.r.t. `r1_input` (default: real)."""
+    extra: torch.Tensor | float = 0.0
+    if gp_weight > 0:
+        gp = gradient_penalty(D_of_x, real, fake)
+        extra = extra + gp_weight * gp
+        logs["loss/gp"] = gp.item()
+    if r1_gamma > 0:
+        r1 = r1_penalty(real_logits, real if r1_input is None else r1_input)
+        extra = extra + r1_gamma / 2 * r1
+        logs["loss/r1"] = r1.item()
+    return extra
+
+
 def gan_step(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, opt_D: torch.optim.Optimizer,
              real: torch.Tensor | Sequence[torch.Tensor], z_dim: int, *, loss: str = "ns", gp_weight: float = 0.0,
              r1_gamma: float = 0.0, augment: str = "", G_ema: nn.Module | None = None,
@@ -135,15 +152,8 @@ def gan_step(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, opt_D: to
         fake_in = aug(fake.detach())
         real_logits, fake_logits = D(real_in, c_real), D(fake_in, c_fake)
         loss_D = d_loss_fn(real_logits, fake_logits)
-        total_D = loss_D
-        if gp_weight > 0:
-            gp = gradient_penalty(D if c_real is None else (lambda x: D(x, c_real)), real_in, fake_in)  # noqa: B023
-            total_D = total_D + gp_weight * gp
-            logs["loss/gp"] = gp.item()
-        if r1_gamma > 0:
-            r1 = r1_penalty(real_logits, real_in)
-            total_D = total_D + r1_gamma / 2 * r1
-            logs["loss/r1"] = r1.item()
+        D_of_x = D if c_real is None else (lambda x: D(x, c_real))  # noqa: B023 - used at once, in this step
+        total_D = loss_D + _d_penalties(D_of_x, real_in, fake_in, real_logits, gp_weight, r1_gamma, logs)
         opt_D.zero_grad(set_to_none=True)
         scaler.scale(total_D).backward()  # = total_D.backward() unless --precision fp16
         scaler.step(opt_D)
@@ -203,15 +213,9 @@ def upsampler_step(U: nn.Module, D: nn.Module, opt_U: torch.optim.Optimizer, opt
         real_in = real_i.detach().requires_grad_(True) if r1_gamma > 0 else real_i
         real_logits, fake_logits = D(real_in, low), D(fake.detach(), low)  # (B, patches)
         loss_D = d_loss_fn(real_logits, fake_logits)
-        total_D = loss_D
-        if gp_weight > 0:  # the penalty on the image, at the fixed low-res input
-            gp = gradient_penalty(lambda y: D(y, low), real_i, fake)  # noqa: B023
-            total_D = total_D + gp_weight * gp
-            logs["loss/gp"] = gp.item()
-        if r1_gamma > 0:
-            r1 = r1_penalty(real_logits, real_in)
-            total_D = total_D + r1_gamma / 2 * r1
-            logs["loss/r1"] = r1.item()
+        # the penalties on the image, at the fixed low-res input
+        total_D = loss_D + _d_penalties(lambda y: D(y, low), real_i, fake, real_logits,  # noqa: B023
+                                        gp_weight, r1_gamma, logs, r1_input=real_in)
         opt_D.zero_grad(set_to_none=True)
         total_D.backward()
         opt_D.step()

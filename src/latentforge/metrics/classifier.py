@@ -477,15 +477,10 @@ def get_classifier(data: str, res: int, channels: int | None = None, cache_dir: 
 
 
 def _device(name: str | torch.device) -> torch.device:
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise ClassifierError(f"unknown device {name!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ClassifierError(f"device {name!r} asked for, but CUDA is not available here; use cpu")
-    return dev
+    """The device to train/run on, as `latentforge train --device` resolves it (auto: CUDA, MPS, CPU)."""
+    from ..train import resolve_device
+
+    return resolve_device(str(name))
 
 
 def _save_atomic(path: Path, net: nn.Module, info: dict[str, Any]) -> None:
