@@ -54,8 +54,10 @@ browser:
 	  $(SUDO) apt-get install -y -q chromium fonts-dejavu-core >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium fonts-dejavu-core >/dev/null; }; }
 
+# One torch thread per test process: the tests train tiny networks, for which a second thread
+# only adds waiting: on a shared machine 2 threads made them 10-50x slower (benchmarks/train.md).
 test: data browser
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q
 
 bench: data
 	$(PY) benchmarks/bench_features.py
