@@ -121,6 +121,8 @@ def load_folder_memmap(root: Path, entries: Sequence[tuple[str, int, int]], key:
     if opened is None:
         if chunk_size < 1:
             raise DataError(f"chunk_size must be positive, got {chunk_size}")
+        if workers is not None and workers < 0:
+            raise DataError(f"workers must be >= 0 (0 = decode in this process), got {workers}")
         _build(root, entries, key, res, channels, crop, cache, progress, workers, chunk_size, on_chunk)
         opened = _open_entry(cache, key, root, len(entries))
         assert opened is not None, "a finished build left no readable cache entry"
@@ -174,8 +176,6 @@ def _build(root: Path, entries: Sequence[tuple[str, int, int]], key: str, res: i
         if done:
             logger.info("resuming the cache build of %s: %d of %d chunks already done", root, len(done), len(chunks))
         workers = min(8, _data._cpu_count()) if workers is None else workers
-        if workers < 0:
-            raise DataError(f"workers must be >= 0, got {workers}")
         images = build / "images.npy"
         with open(build / "chunks.jsonl", "a", encoding="utf-8") as log:
             if done_text := (build / "chunks.jsonl").read_text(encoding="utf-8"):
