@@ -33,6 +33,16 @@ def quiet(msg: str) -> None:
     pass
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These networks are tiny: with several threads the synchronisation costs more than the work,
+    and on a busy machine a build takes minutes instead of a fraction of a second."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture()
 def npz(tmp_path: Path, make_tiny_npz) -> Path:
     return make_tiny_npz(tmp_path / "tiny200.npz", n=200)
