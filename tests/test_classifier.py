@@ -33,6 +33,16 @@ def quiet(msg: str) -> None:
     pass
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These networks are tiny: with several threads the synchronisation costs more than the work,
+    and on a busy machine a build takes minutes instead of a fraction of a second."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture()
 def npz(tmp_path: Path, make_tiny_npz) -> Path:
     return make_tiny_npz(tmp_path / "tiny200.npz", n=200)
@@ -142,6 +152,8 @@ def test_class_accuracy_counts_overall_and_per_class() -> None:
     assert r["per_class_n"] == {"a": 2, "b": 2, "c": 2}
     assert r["chance"] == pytest.approx(1 / 3) and r["n"] == 6
     assert r["classifier"]["held_out_accuracy"] == 0.9 and r["classifier"]["data"] == "stand-in"
+    assert r["classifier_accuracy"] == 0.9
+    assert class_accuracy(images, [0, 1, 1, 2, 2, 0], clf, class_names=["a", "b", "c"])["accuracy"] == r["accuracy"]
     # a class nobody asked for has no accuracy (not 0, not 1); numpy labels are accepted
     r = class_accuracy(images[:2], np.array([0, 0]), clf)
     assert r["per_class"] == {"a": 1.0, "b": None, "c": None}
@@ -155,6 +167,8 @@ def test_class_accuracy_rejects_bad_inputs() -> None:
         class_accuracy(images, torch.tensor([0, 1]), clf)
     with pytest.raises(ClassifierError, match=r"labels must be in \[0, 2\]"):
         class_accuracy(images, torch.tensor([0, 1, 3]), clf)
+    with pytest.raises(ClassifierError, match=r"classes \(a, c, b\) are not this classifier's \(a, b, c\)"):
+        class_accuracy(images, torch.tensor([0, 1, 2]), clf, class_names=["a", "c", "b"])
     with pytest.raises(ClassifierError, match="integer"):
         class_accuracy(images, torch.tensor([0.0, 1.0, 2.0]), clf)
     with pytest.raises(ClassifierError, match=r"uint8 \(N, 1, 8, 8\).*got \(3, 1, 16, 16\)"):

@@ -240,15 +240,20 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def class_accuracy(images: torch.Tensor, labels: torch.Tensor | np.ndarray | list[int],
-                   classifier: Classifier) -> dict[str, Any]:
+                   classifier: Classifier, class_names: list[str] | None = None) -> dict[str, Any]:
     """How often `images[i]` is classified as its requested class `labels[i]`.
 
     accuracy = (1/N) sum_i [argmax_k f(x_i)_k == y_i], and the same within each requested class.
+    class_names: the generator's classes, in label order; when given they must be the classifier's.
     Returns {"accuracy", "n", "chance" (1 / num_classes), "per_class" {name: accuracy or None when
-    no image asked for it}, "per_class_n" {name: count}, "classifier" (its protocol, including its
-    own held-out accuracy on real images: the ceiling to read the number against)}.
+    no image asked for it}, "per_class_n" {name: count}, "classifier_accuracy" (the classifier's own
+    held-out accuracy on real images: the ceiling to read the number against), "classifier" (its
+    protocol: data, splits, res, channels, version, held-out accuracy, n_train, n_test)}.
     """
     classifier.check_images(images)
+    if class_names is not None and list(class_names) != classifier.class_names:
+        raise ClassifierError(f"the images' classes ({', '.join(map(str, class_names))}) are not this classifier's "
+                              f"({', '.join(classifier.class_names)}); use a classifier trained on the generator's data")
     y = (labels.detach().cpu() if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels)))
     n = int(images.shape[0])
     if y.ndim != 1 or y.shape[0] != n:
@@ -273,6 +278,7 @@ def class_accuracy(images: torch.Tensor, labels: torch.Tensor | np.ndarray | lis
         "chance": 1.0 / k,
         "per_class": per_class,
         "per_class_n": {name: int(counts[i]) for i, name in enumerate(classifier.class_names)},
+        "classifier_accuracy": classifier.held_out_accuracy,
         "classifier": classifier.protocol(),
     }
 
