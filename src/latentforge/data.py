@@ -182,7 +182,9 @@ class DeviceBatches:
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
+    def __getitem__(self, indices: torch.Tensor | slice) -> torch.Tensor:
+        if isinstance(indices, slice):  # x[:8], as for a tensor
+            indices = torch.arange(len(self))[indices]
         return self.data.batch(indices).to(self.device)
 
 

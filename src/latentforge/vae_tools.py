@@ -104,11 +104,15 @@ def active_units_row(vae: VAELike, images_u8: torch.Tensor, seed: int,
                      max_images: int = ACTIVE_UNITS_MAX_IMAGES, labels: torch.Tensor | None = None) -> dict[str, Any]:
     """The active units of a VAE on up to `max_images` of its training images (a seeded choice),
     as the fields of a metrics.jsonl line (`labels`: the images' classes, conditional VAEs)."""
-    n = images_u8.shape[0]
-    if n > max_images:
-        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_images]
+    n = len(images_u8)
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_images] if n > max_images else None
+    if not isinstance(images_u8, torch.Tensor):  # a memory-mapped data set (data.DeviceBatches): gather the rows
+        idx = torch.arange(n) if idx is None else idx
+        images_u8 = torch.cat([images_u8[idx[i : i + 1000]] for i in range(0, len(idx), 1000)])
+    elif idx is not None:
         images_u8 = images_u8[idx.to(images_u8.device)]
-        labels = None if labels is None else labels[idx.to(labels.device)]
+    if idx is not None and labels is not None:
+        labels = labels[idx.to(labels.device)]
     count, activity = active_units(posterior_means(vae, images_u8, labels=labels))
     return {"active_units": count, "z_dim": int(activity.numel()), "n": int(images_u8.shape[0]),
             "threshold": ACTIVE_UNIT_THRESHOLD, "data": "training images"}
@@ -299,9 +303,6 @@ def evaluate_vae_run(model: "Model", ref_spec: str, n: int, seed: int = 0, *, iw
     if model.family != "vae":
         raise ConfigError(f"{model.run_dir} is a {model.config.model} run; log-likelihood, reconstruction and "
                           "active units need a VAE run")
-    if getattr(model, "conditional", False):
-        raise ConfigError(f"{model.run_dir} is a conditional VAE; log-likelihood, reconstruction and active units "
-                          "are computed for unconditional VAEs only")
     if iwae_k < 0:
         raise ConfigError(f"--iwae-k must be >= 0, got {iwae_k}")
     likelihood, sigma = model.config.recon_loss, float(model.config.gaussian_sigma)
@@ -309,6 +310,9 @@ def evaluate_vae_run(model: "Model", ref_spec: str, n: int, seed: int = 0, *, iw
         raise ConfigError("--binarize changes the data of the log-likelihood: give it with --iwae-k K")
     if binarize_images and likelihood != "bce":
         raise ConfigError("--binarize applies to Bernoulli (recon_loss bce) runs; this run has a Gaussian likelihood")
+    if getattr(model, "conditional", False):
+        raise ConfigError(f"{model.run_dir} is a conditional VAE; log-likelihood, reconstruction and active units "
+                          "are computed for unconditional VAEs only")
     data = load_images(ref_spec, res=model.resolution, channels=model.channels)
     if n < 2:
         raise ConfigError(f"--n must be at least 2 for VAE metrics, got {n}")
