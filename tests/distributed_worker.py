@@ -37,11 +37,11 @@ def image_ids(batch: torch.Tensor) -> list[int]:
 
 
 def spy_on_steps(records: list[dict[str, Any]]) -> Callable[[], None]:
-    """Wrap train.gan_step / train.vae_step so that each step appends what it saw and did;
+    """Wrap train's step functions (gan, vae, upsampler, vae_gan) so that each step appends what it saw and did;
     returns the function that puts the originals back."""
     from latentforge import train as T
 
-    orig_gan, orig_vae = T.gan_step, T.vae_step
+    orig_gan, orig_vae, orig_up, orig_vg = T.gan_step, T.vae_step, T.upsampler_step, T.vae_gan_step
 
     def weights(*nets: torch.nn.Module) -> torch.Tensor:
         return torch.cat([p.detach().flatten().cpu() for n in nets for p in n.parameters()]).clone()
@@ -57,10 +57,21 @@ def spy_on_steps(records: list[dict[str, Any]]) -> Callable[[], None]:
         records.append({"ids": [image_ids(real)], "loss": dict(out), "weights": weights(vae)})
         return out
 
-    T.gan_step, T.vae_step = gan_step, vae_step
+    def upsampler_step(U, D, opt_U, opt_D, real, factor, **kw):  # type: ignore[no-untyped-def]
+        reals = [real] if isinstance(real, torch.Tensor) else list(real)
+        out = orig_up(U, D, opt_U, opt_D, real, factor, **kw)
+        records.append({"ids": [image_ids(r) for r in reals], "loss": dict(out), "weights": weights(U, D)})
+        return out
+
+    def vae_gan_step(vae, D, opt_vae, opt_D, real, cfg, step):  # type: ignore[no-untyped-def]
+        out = orig_vg(vae, D, opt_vae, opt_D, real, cfg, step)
+        records.append({"ids": [image_ids(real)], "loss": dict(out), "weights": weights(vae, D)})
+        return out
+
+    T.gan_step, T.vae_step, T.upsampler_step, T.vae_gan_step = gan_step, vae_step, upsampler_step, vae_gan_step
 
     def restore() -> None:
-        T.gan_step, T.vae_step = orig_gan, orig_vae
+        T.gan_step, T.vae_step, T.upsampler_step, T.vae_gan_step = orig_gan, orig_vae, orig_up, orig_vg
 
     return restore
 

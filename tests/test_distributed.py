@@ -8,6 +8,7 @@ and ends with a crashing rank (tests/distributed_worker.py, mode "job"), one is 
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
@@ -94,6 +95,12 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
              "record": str(root / "rec_vae_b")},
             {"config": cfg(data, root / "tricks2", steps=2, spectral_norm=True, r1_gamma=1.0, n_critic=2,
                            augment="translation", ema_decay=0.9), "record": str(root / "rec_tricks")},
+            # the models with their own step: a stage and a fade-in every step (stage_images = one batch)
+            {"config": cfg(data, root / "progan2", model="progan", steps=4, stage_images=8, ema_decay=0.9),
+             "record": str(root / "rec_progan")},
+            {"config": cfg(data, root / "up2", model="upsampler", steps=2), "record": str(root / "rec_upsampler")},
+            {"config": cfg(data, root / "vaegan2", model="vae_gan", steps=3, adv_start=1),
+             "record": str(root / "rec_vaegan")},
         ],
         "commands": [
             ["sample", str(root / "gan2"), "--n", "300", "--seed", "5", "--outdir", str(root / "png2")],
@@ -114,7 +121,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "output": out}
 
 
-@pytest.mark.parametrize("name,n_critic", [("gan2", 1), ("vae", 1), ("tricks", 2)])
+@pytest.mark.parametrize("name,n_critic", [("gan2", 1), ("vae", 1), ("tricks", 2), ("upsampler", 1), ("vaegan", 1)])
 def test_ranks_train_on_disjoint_slices_of_the_global_batch(job: dict[str, Any], name: str, n_critic: int) -> None:
     rank0, rank1 = records(job["root"] / f"rec_{name}")
     order = BatchOrder(64, 8, seed=0)
@@ -126,7 +133,7 @@ def test_ranks_train_on_disjoint_slices_of_the_global_batch(job: dict[str, Any],
             assert a + b == order.indices(step * n_critic + i).tolist()  # rank r: slice r of the global batch
 
 
-@pytest.mark.parametrize("name", ["gan2", "nosync", "vae", "tricks"])
+@pytest.mark.parametrize("name", ["gan2", "nosync", "vae", "tricks", "progan", "upsampler", "vaegan"])
 def test_replicas_hold_identical_weights_after_every_step(job: dict[str, Any], name: str) -> None:
     rank0, rank1 = records(job["root"] / f"rec_{name}")
     w0, w1 = rank0["weights"], rank1["weights"]
@@ -268,6 +275,29 @@ def test_one_process_helpers_are_the_identity() -> None:
     torch.manual_seed(3)
     assert torch.equal(a, torch.randn(4, 5))
     assert distributed.evaluate_on_main(lambda ext: ("ran", ext), lambda: 1 / 0) == ("ran", None)
+    net = nn.Linear(3, 2)
+    assert distributed.unwrap(net) is net and distributed.ddp(net, torch.device("cpu")) is net
+    net(torch.ones(1, 3)).sum().backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    distributed.average_gradients(list(net.parameters()))
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, net.parameters()))
+
+
+def test_grad_averaging_scaler_steps_like_the_scaler_it_wraps() -> None:
+    """In one process GradAveragingScaler is its inner scaler (the 2-process behaviour is tested
+    by the progan run of the torchrun job: identical replicas although each rank has its own data)."""
+    torch.manual_seed(0)
+    a = nn.Linear(3, 2)
+    b = copy.deepcopy(a)
+    inner = torch.amp.GradScaler("cpu", enabled=False)
+    for net, scaler in ((a, inner), (b, distributed.GradAveragingScaler(inner))):
+        opt = torch.optim.Adam(net.parameters(), lr=0.1)
+        scaler.scale(net(torch.ones(4, 3)).pow(2).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    wrapped = distributed.GradAveragingScaler(inner)
+    assert not wrapped.is_enabled() and wrapped.state_dict() == inner.state_dict()
 
 
 def test_shards_cover_the_range_once_aligned_to_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:

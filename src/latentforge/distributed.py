@@ -36,7 +36,7 @@ import hashlib
 import os
 import sys
 from datetime import timedelta
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -393,6 +393,69 @@ def ddp(net: nn.Module, device: torch.device) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def broadcast_parameters(net: nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank (what DistributedDataParallel does when it
+    wraps a network), for networks trained with GradAveragingScaler instead."""
+    if is_distributed():
+        for t in [*net.parameters(), *net.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
+def average_gradients(params: Sequence[torch.Tensor]) -> None:
+    """Each parameter's .grad replaced by its mean over ranks, in one all-reduce. Every rank must
+    hold gradients for the same parameters (the same code ran on each)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not is_distributed() or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+class GradAveragingScaler:
+    """A torch.amp.GradScaler stand-in whose step(opt) first averages the gradients of opt's
+    parameters over ranks: the gradient synchronization of networks that DistributedDataParallel
+    cannot wrap. progan is one: the parameters its forward uses change with the growing (the blocks
+    not yet grown, the old toRGB after a fade-in), and with DDP's find_unused_parameters D cannot
+    run on the real and on the fake batch before one backward. Only the gradients an optimizer
+    steps on are averaged, so the discriminator's gradients from the generator step stay local,
+    as under no_grad_sync. Averaging before the scaler's inf check makes every rank skip or take
+    the same step. Unlike DDP, communication waits for the end of the backward pass."""
+
+    def __init__(self, scaler: Any):
+        self.inner = scaler
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return self.inner.scale(loss)
+
+    def step(self, opt: torch.optim.Optimizer) -> Any:
+        average_gradients([p for group in opt.param_groups for p in group["params"]])
+        return self.inner.step(opt)
+
+    def update(self) -> None:
+        self.inner.update()
+
+    def is_enabled(self) -> bool:
+        return self.inner.is_enabled()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+
+
+def unwrap(net: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (`net` itself when not wrapped): for
+    calling methods other than forward (a VAE's decode), which share the wrapper's weights but not
+    its gradient averaging; the backward of a step must also pass through the wrapper's forward."""
+    return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
 
 
 def no_grad_sync(net: nn.Module) -> contextlib.AbstractContextManager[Any]:

@@ -194,15 +194,17 @@ def _conditional_labels(labels: torch.Tensor | Sequence[torch.Tensor] | None, n_
 
 def upsampler_step(U: nn.Module, D: nn.Module, opt_U: torch.optim.Optimizer, opt_D: torch.optim.Optimizer,
                    real: torch.Tensor | Sequence[torch.Tensor], factor: int, *, loss: str = "ns",
-                   gp_weight: float = 0.0, r1_gamma: float = 0.0, recon_weight: float = 100.0) -> dict[str, float]:
+                   gp_weight: float = 0.0, r1_gamma: float = 0.0, recon_weight: float = 100.0,
+                   scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
     """One upsampler step: D update(s) on real pairs vs upsampled pairs, then U on adversarial +
     recon_weight * L1, pix2pix's objective (Isola et al. 2017, eq. 4):
         U* = arg min_U max_D  L_GAN(U, D) + recon_weight * E|y - U(x)|
     `real` is one high-res batch y per D step; its low-res input x is its area downsample by
     `factor`. D sees (image, x) pairs: (y, x) is real, (U(x), x) is fake. The loss names and
-    penalties are those of gan_step.
+    penalties are those of gan_step; U and D may be DistributedDataParallel-wrapped, as there.
     """
     d_loss_fn, g_loss_fn = GAN_LOSSES[loss]
+    scaler = scaler or _NO_LOSS_SCALING
     reals = [real] if isinstance(real, torch.Tensor) else list(real)
     logs: dict[str, float] = {}
 
@@ -217,16 +219,19 @@ def upsampler_step(U: nn.Module, D: nn.Module, opt_U: torch.optim.Optimizer, opt
         total_D = loss_D + _d_penalties(lambda y: D(y, low), real_i, fake, real_logits,  # noqa: B023
                                         gp_weight, r1_gamma, logs, r1_input=real_in)
         opt_D.zero_grad(set_to_none=True)
-        total_D.backward()
-        opt_D.step()
+        scaler.scale(total_D).backward()  # = total_D.backward() unless --precision fp16
+        scaler.step(opt_D)
+        scaler.update()
 
     # 2. upsampler: fool the just-updated D and stay close to the real image (L1)
-    adv = g_loss_fn(D(fake, low))
+    with distributed.no_grad_sync(D):  # D's gradients from this step are thrown away: not averaged over ranks
+        adv = g_loss_fn(D(fake, low))
     l1 = (fake - real_i).abs().mean()
     loss_U = adv + recon_weight * l1
     opt_U.zero_grad(set_to_none=True)
-    loss_U.backward()
-    opt_U.step()
+    scaler.scale(loss_U).backward()
+    scaler.step(opt_U)
+    scaler.update()
     return {"loss/D": loss_D.item(), "loss/U": loss_U.item(), "loss/adv": adv.item(), "loss/l1": l1.item(), **logs}
 
 
@@ -285,7 +290,12 @@ def vae_gan_step(vae: nn.Module, D: PatchDiscriminator, opt_vae: torch.optim.Opt
     2. D on real vs both kinds of fakes (detached): D's half of GAN_LOSSES[cfg.loss].
     Before `cfg.adv_start` steps it is exactly vae_step: D is neither used nor updated.
     `loss/total` stays the -ELBO, so that its curve compares with a plain VAE's.
+    `vae` and `D` may be DistributedDataParallel-wrapped: each backward starts from their forward
+    (which averages the gradients over ranks); decode, to_image and D's features are taken from
+    the modules inside, with the same weights. With several processes the adaptive weight is
+    the mean of the ranks' (one value for the global batch, as in one process).
     """
+    core, D_core = distributed.unwrap(vae), distributed.unwrap(D)
     out = vae(real)  # decoded (B, C, H, W) likelihood parameters; mu, logvar (B, z_dim)
     parts = negative_elbo(out.decoded, real, out.mu, out.logvar, cfg.recon_loss, cfg.beta, cfg.gaussian_sigma)
     logs = {"loss/total": parts.total.item(), "loss/recon": parts.recon.item(), "loss/kl": parts.kl.item()}
@@ -298,19 +308,20 @@ def vae_gan_step(vae: nn.Module, D: PatchDiscriminator, opt_vae: torch.optim.Opt
     B = real.shape[0]
 
     # 1. the VAE against a frozen D: fool it with reconstructions and with prior samples
-    recon = vae.to_image(out.decoded)  # (B, C, H, W) in [-1, 1]
-    prior = vae.decode(torch.randn_like(out.mu))  # (B, C, H, W) in [-1, 1]
+    recon = core.to_image(out.decoded)  # (B, C, H, W) in [-1, 1]
+    prior = core.decode(torch.randn_like(out.mu))  # (B, C, H, W) in [-1, 1]
     fakes = torch.cat([recon, prior])  # (2B, C, H, W): one D call, one set of batch statistics
     D.requires_grad_(False)
-    fake_logits, fake_feats = D.forward_features(fakes)  # (2B, 1, g, g), hidden features
+    fake_logits, fake_feats = D_core.forward_features(fakes)  # (2B, 1, g, g), hidden features
     adv = g_loss_fn(fake_logits[:B]) + g_loss_fn(fake_logits[B:])
     w = torch.tensor(cfg.adv_weight, device=real.device)
     if cfg.adv_adaptive and cfg.adv_weight > 0:
-        w = w * adaptive_adv_weight(parts.recon, adv, decoder_last_layer(vae))
+        w_ranks = adaptive_adv_weight(parts.recon, adv, decoder_last_layer(core))
+        w = w * distributed.mean_over_ranks({"w": w_ranks.item()})["w"]
     total = parts.total + w * adv
     if cfg.fm_weight > 0:
         with torch.no_grad():
-            _, real_feats = D.forward_features(real)  # the target features
+            _, real_feats = D_core.forward_features(real)  # the target features
         fm = feature_matching(real_feats, [f[:B] for f in fake_feats]).mean()
         total = total + cfg.fm_weight * real[0].numel() * fm
         logs["loss/fm"] = fm.item()
@@ -399,7 +410,11 @@ def step_networks(nets: dict[str, nn.Module], trained: Sequence[str], cfg: Train
             net = distributed.convert_sync_batchnorm(nets[role]) if cfg.sync_bn and distributed.is_distributed() \
                 else nets[role]
             view = acceleration.autocast_view(net, cfg.precision, cfg.channels_last, device)
-            out[role] = acceleration.compile_net(distributed.ddp(view, device), cfg.compile)
+            if cfg.model == "progan":  # synchronized by the loop's GradAveragingScaler instead of DDP
+                distributed.broadcast_parameters(net)
+            else:
+                view = distributed.ddp(view, device)
+            out[role] = acceleration.compile_net(view, cfg.compile)
     return out
 
 
@@ -455,8 +470,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         cfg = saved
 
     device = distributed.setup(resolve_device(cfg.device))  # under torchrun: join the job, cuda:LOCAL_RANK
-    if cfg.model in ("vae_gan", "progan", "upsampler") and distributed.is_distributed():
-        raise ConfigError(f"model {cfg.model} trains in one process for now; run it without torchrun")
     distributed.barrier()  # every rank has checked --out before rank 0 writes into it
     distributed.check_batch_size(cfg.batch_size)
     acceleration.check(cfg, device)
@@ -477,6 +490,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     guard = Guard(cfg, nets, opts, images, device) if cfg.guard else None  # before a resume loads the optimizers
     distributed.split_rng(cfg.seed, device)  # several processes: one z stream for all, a stream per rank inside
     scaler = acceleration.grad_scaler(cfg.precision, device)
+    if cfg.model == "progan" and distributed.is_distributed():  # see step_networks
+        scaler = distributed.GradAveragingScaler(scaler)
 
     state = RunState()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -587,10 +602,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                 break
             t0 = time.perf_counter()
             if cfg.model == "upsampler":  # pairs from real data: a high-res batch and its area downsample
-                reals = [to_float(images[order.indices(state.step * cfg.n_critic + i)]) for i in range(cfg.n_critic)]
-                out = upsampler_step(nets["U"], nets["D"], opts["U"], opts["D"], reals, cfg.upsample_factor,
+                idx = [distributed.batch_slice(order.indices(state.step * cfg.n_critic + i)) for i in range(cfg.n_critic)]
+                reals = [to_float(images[j]) for j in idx]
+                out = upsampler_step(step_nets["U"], step_nets["D"], opts["U"], opts["D"], reals, cfg.upsample_factor,
                                      loss=cfg.loss, gp_weight=cfg.gp_weight, r1_gamma=cfg.r1_gamma,
-                                     recon_weight=cfg.recon_weight)
+                                     recon_weight=cfg.recon_weight, scaler=scaler)
             elif cfg.family == "gan":
                 # D step i of step s takes batch s * n_critic + i: fresh data, a pure function of the step
                 # (several processes: rank r takes slice r of each global batch)
@@ -604,9 +620,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                                G_ema=nets.get("G_ema"), ema_decay=cfg.ema_decay,
                                labels=None if labels is None else [labels[j] for j in idx], num_classes=num_classes,
                                scaler=scaler)
-            elif cfg.model == "vae_gan":  # one process, fp32 (config.py refuses the rest)
-                real = to_float(images[order.indices(state.step)])  # (B, C, H, W) in [-1, 1]
-                out = vae_gan_step(nets["vae"], nets["D"], opts["vae"], opts["D"], real, cfg, state.step)
+            elif cfg.model == "vae_gan":  # fp32 (config.py refuses the rest)
+                real = to_float(images[distributed.batch_slice(order.indices(state.step))])  # (B, C, H, W) in [-1, 1]
+                out = vae_gan_step(step_nets["vae"], step_nets["D"], opts["vae"], opts["D"], real, cfg, state.step)
             else:
                 idx = distributed.batch_slice(order.indices(state.step))
                 real = to_float(images[idx])  # (B, C, H, W) in [-1, 1]
