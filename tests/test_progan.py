@@ -295,3 +295,17 @@ def test_loaded_progan_samples_at_its_stage(tiny_npz: Path, tmp_path: Path) -> N
     assert x.shape == (3, 28, 28, 1)
     x = torch.from_numpy(x[..., 0])
     assert torch.equal(x, x[:, ::4, ::4].repeat_interleave(4, 1).repeat_interleave(4, 2))  # 7 px, upsampled x4
+
+
+def test_max_channels_caps_every_stage() -> None:
+    from latentforge.models import build_networks
+
+    cfg = TrainConfig(model="progan", resolution=64, width=16, max_channels=64)
+    nets = build_networks(cfg, 3, 0)
+    convs = [m for m in nets["G"].modules() if hasattr(m, "weight") and m.weight.dim() == 4]
+    widest = max(m.weight.shape[0] for m in convs)
+    assert widest == 64  # 16 at 64 px, 32 at 32 px, 64 from 16 px down (uncapped: 256 at 4 px)
+    uncapped = build_networks(TrainConfig(model="progan", resolution=64, width=16), 3, 0)
+    assert sum(p.numel() for p in nets["G"].parameters()) < sum(p.numel() for p in uncapped["G"].parameters())
+    with pytest.raises(ConfigError, match="max_channels"):
+        TrainConfig(model="progan", max_channels=0)

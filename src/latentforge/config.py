@@ -84,6 +84,7 @@ class TrainConfig:
 
     # progressive growing (model "progan", Karras et al. 2018) and the upsampler (model "upsampler")
     stage_images: int = 60_000  # progan: real images shown per fade-in phase and per stable phase of a stage
+    max_channels: int = 512  # progan: cap on the channels of any stage (the paper's fmap_max)
     upsample_factor: int = 2  # upsampler: output size / input size, 2 or 4 (resolution = the output size)
     recon_weight: float = 100.0  # upsampler: weight of the L1 reconstruction term (pix2pix uses 100)
 
@@ -199,6 +200,8 @@ class TrainConfig:
     def _check_progan_upsampler(self) -> None:
         if self.stage_images <= 0:
             raise ConfigError(f"stage_images must be positive, got {self.stage_images}")
+        if self.max_channels <= 0:
+            raise ConfigError(f"max_channels must be positive, got {self.max_channels}")
         if self.upsample_factor not in (2, 4):
             raise ConfigError(f"upsample_factor must be 2 or 4, got {self.upsample_factor}")
         if self.recon_weight < 0:

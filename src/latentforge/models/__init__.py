@@ -32,7 +32,8 @@ def _build_resnet_gan(cfg: TrainConfig, channels: int, num_classes: int = 0) -> 
 def _build_progan(cfg: TrainConfig, channels: int, num_classes: int = 0) -> dict[str, nn.Module]:
     if num_classes:
         raise ValueError("progan has no conditional variant")
-    mc = progan.ProGANConfig(resolution=cfg.resolution, img_channels=channels, z_dim=cfg.z_dim, width=cfg.width)
+    mc = progan.ProGANConfig(resolution=cfg.resolution, img_channels=channels, z_dim=cfg.z_dim, width=cfg.width,
+                             max_channels=cfg.max_channels)
     return {"G": progan.Generator(mc), "D": progan.Discriminator(mc)}
 
 
