@@ -8,6 +8,7 @@ run over the OpenAPI spec asserting no 5xx.
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 import threading
@@ -24,9 +25,11 @@ from hypothesis import HealthCheck, settings
 from PIL import Image
 
 from latentforge.config import TrainConfig
+from latentforge.images import to_uint8
+from latentforge.sample import load
 from latentforge.serve import Limits, ServeError, create_app
 from latentforge.serve import app as app_module
-from latentforge.serve.app import SEED_MAX, gif_bytes
+from latentforge.serve.app import SEED_MAX, ModelWorker, gif_bytes
 from latentforge.train import train
 
 # ------------------------------------------------------------------------------------ fixtures
@@ -594,3 +597,70 @@ def test_fuzz_openapi_no_server_errors(fuzz_schema, method: str, path: str, mode
         assert response.status_code < 500, f"{case.method} {case.path} -> {response.status_code}: {response.text[:300]}"
 
     check()
+
+
+# ------------------------------------------------------------------------------------ conditional runs
+
+
+@pytest.fixture(scope="module")
+def cond_runs(tmp_path_factory: pytest.TempPathFactory, make_tiny_npz) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serve_cond")
+    data = make_tiny_npz(root / "tiny.npz", n=48)  # classes "square" (0) and "disc" (1)
+    out = {}
+    for model in ("dcgan", "vae"):
+        cfg = TrainConfig(model=model, data=str(data), out=str(root / model), resolution=28, steps=3, batch_size=8,
+                          width=8, z_dim=8, log_every=3, sample_every=3, checkpoint_every=3, seed=0, conditional=True)
+        train(cfg, progress=False, log=lambda m: None)
+        out[model] = root / model
+    return out
+
+
+def test_conditional_generate_takes_class_names_and_indices(cond_runs: dict[str, Path]) -> None:
+    client = TestClient(create_app(cond_runs["dcgan"]))
+    info = client.get("/api/info").json()
+    assert info["conditional"] is True and info["classes"] == ["square", "disc"]
+    m = load(cond_runs["dcgan"])
+    by_name = client.post("/api/generate", json={"seed": 7, "class": "DISC"})
+    by_index = client.post("/api/generate", json={"seed": 7, "class": 1})
+    assert by_name.status_code == 200 and by_name.content == by_index.content
+    assert open_image(by_name.content).text["class"] == "disc"
+    expected = to_uint8(m.generate(m.latents([7]), classes="disc"))[0, 0].numpy()
+    assert np.array_equal(pixels(by_name.content), expected)
+    square = client.post("/api/generate", json={"seed": 7, "class": "square"}).content
+    assert square != by_name.content  # the class steers the image
+    # no class: seed s gets class s mod 2, so seed 7 is a disc and seed 8 a square
+    assert client.post("/api/generate", json={"seed": 7}).content == by_name.content
+    assert client.post("/api/generate", json={"seed": 8}).content == \
+        client.post("/api/generate", json={"seed": 8, "class": 0}).content
+    grid = client.post("/api/generate", json={"seeds": [7, 8], "format": "json"}).json()["images"]
+    assert [open_image(base64.b64decode(i["png"])).text["class"] for i in grid] == ["disc", "square"]
+    for bad in ("sneaker", 2, "-1"):
+        r = client.post("/api/generate", json={"seed": 1, "class": bad})
+        assert r.status_code == 400 and "square, disc" in r.json()["detail"], r.text
+    gif = client.post("/api/interpolate", json={"seeds": [1, 2], "frames": 4, "class": "square"})
+    assert gif.status_code == 200 and '"class": "square"' in Image.open(io.BytesIO(gif.content)).info["comment"].decode()
+
+
+def test_coalesced_jobs_keep_their_own_classes(cond_runs: dict[str, Path]) -> None:
+    m = load(cond_runs["dcgan"])
+    worker = ModelWorker(m, max_batch=64, max_queue=8)
+    z = m.latents([1, 2, 3])
+    with worker._cond:  # both jobs are queued before the worker thread can take one: one batch
+        a = worker.generate(z[:2], torch.tensor([0, 1]))
+        b = worker.generate(z[2:], torch.tensor([1]))
+    got = torch.cat([a.result(timeout=60), b.result(timeout=60)])
+    assert worker.batches == 1
+    expected = to_uint8(m.generate(z, classes=[0, 1, 1])).cpu()
+    assert (got.int() - expected.int()).abs().max() <= 1  # batch-size rounding, as documented
+    worker.close()
+
+
+def test_conditional_vae_reconstruct_needs_the_image_class(cond_runs: dict[str, Path]) -> None:
+    client = TestClient(create_app(cond_runs["vae"]))
+    upload = {"file": ("a.png", SAMPLE_UPLOAD, "image/png")}
+    for path in ("/api/reconstruct", "/api/vary"):
+        r = client.post(path, files=upload)
+        assert r.status_code == 400 and "class-conditional" in r.json()["detail"] and "square, disc" in r.json()["detail"]
+        ok = client.post(path, files=upload, data={"class": "square"})
+        assert ok.status_code == 200, ok.text
+        assert client.post(path, files=upload, data={"class": "1"}).content != ok.content

@@ -20,6 +20,10 @@ Every PNG carries text chunks with its provenance: model, run, seed(s), truncati
 latentforge version and "synthetic image": "true". GIFs carry the same as a JSON comment.
 
 Latents: seed s always gives the same z (`Model.latents`), so the same request gives the same image.
+Class-conditional runs (trained with --conditional; /api/info says `conditional`): `class` (a name
+in any case, or an index) sets the class of every image; without it seed s gets class s mod K, so
+a seed still always gives the same image. An interpolation keeps one class along the path (asked,
+or the first seed's). A conditional VAE's reconstruct/vary need the uploaded image's `class`.
 `truncation` t in [0, 2] scales z -> t * z before decoding, as in `latentforge.explore` (GANs: the
 truncation psi toward the mean latent 0; VAEs: the sampling temperature). t < 1: closer to the mean
 image, less varied; t = 1: the model's own distribution; t > 1: more extreme (the API allows up to 2
@@ -68,6 +72,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from torch import nn
 
 from .. import __version__
+from ..config import ConfigError
 from ..explore import interpolation_latents
 from ..images import make_grid, to_pil, to_uint8
 
@@ -345,6 +350,7 @@ class Busy(Exception):
 class _Job:
     fut: Future
     z: Optional[torch.Tensor] = None  # generation job: latents (N, z_dim)
+    c: Optional[torch.Tensor] = None  # its class indices (N,), for a class-conditional model
     fn: Optional[Callable[[], Any]] = None  # any other model call
 
 
@@ -379,9 +385,10 @@ class ModelWorker:
             self._cond.notify()
         return job.fut
 
-    def generate(self, z: torch.Tensor) -> Future:
-        """Future of uint8 (N, C, H, W) images for latents z (N, z_dim)."""
-        return self._put(_Job(Future(), z=z.cpu()))
+    def generate(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> Future:
+        """Future of uint8 (N, C, H, W) images for latents z (N, z_dim); a class-conditional
+        model needs c, the (N,) class indices (an unconditional one none)."""
+        return self._put(_Job(Future(), z=z.cpu(), c=None if c is None else c.cpu()))
 
     def call(self, fn: Callable[[], Any]) -> Future:
         return self._put(_Job(Future(), fn=fn))
@@ -432,7 +439,8 @@ class ModelWorker:
                         live[0].fut.set_result(live[0].fn())
                         continue
                     z = torch.cat([j.z for j in live])  # type: ignore[misc]
-                    images = to_uint8(self.model.generate(z)).cpu()
+                    c = None if live[0].c is None else torch.cat([j.c for j in live])  # type: ignore[misc]
+                    images = to_uint8(self.model.generate(z) if c is None else self.model.generate(z, c)).cpu()
                 self.batches += 1
                 self.images += len(z)
                 for j, part in zip(live, images.split([len(j.z) for j in live])):  # type: ignore[arg-type]
@@ -585,8 +593,6 @@ def _load(run_dir_or_model: Any, device: str) -> Any:
     path = Path(run_dir_or_model)
     if not path.is_dir():
         raise ServeError(f"{path} is not a directory; pass a run directory made by `latentforge train`")
-    from ..config import ConfigError
-
     try:
         return load(path, device=device)
     except ConfigError as e:
@@ -621,7 +627,7 @@ def create_app(run_dir_or_model: Any = None, *, max_batch: int = 64, max_frames:
     schemas = _schemas(lim, n_dirs)
     GenerateRequest, InterpolateRequest = schemas["GenerateRequest"], schemas["InterpolateRequest"]
     name = str((model.config.extra or {}).get("name") or model.run_dir.name)
-    conditional = False  # no class-conditional models in latentforge yet; see check_class
+    conditional = bool(model.conditional)
     directions_state: dict[str, Any] = {"future": None}
     dir_lock = threading.Lock()
 
@@ -674,16 +680,45 @@ def create_app(run_dir_or_model: Any = None, *, max_batch: int = 64, max_frames:
         except Busy as e:
             raise _error(503, f"the server is busy ({e}); try again shortly", **{"Retry-After": "2"}) from None
 
-    def check_class(value: Any) -> None:
-        # Every latentforge model today is unconditional, so `class` is refused with the reason.
-        # A class-conditional model would set `conditional`, check `value` against class_names
-        # here, and pass c = class index to the generator through ModelWorker.generate.
+    def check_class(value: Any) -> Optional[int]:
+        """A request's `class` (a name, any case, or an index) as a class index; None when not given.
+        400 with the reason for an unconditional model or an unknown class (the known ones listed)."""
         if value is None:
-            return
-        names = model.class_names
-        known = f" (its data's classes are {', '.join(names)})" if names else ""
-        raise _error(400, f"this model is unconditional: it was trained without class conditioning{known}, "
-                          "so `class` cannot steer it; leave `class` out")
+            return None
+        if not conditional:
+            names = model.class_names
+            known = f" (its data's classes are {', '.join(names)})" if names else ""
+            raise _error(400, f"this model is unconditional: it was trained without class conditioning{known}, "
+                              "so `class` cannot steer it; leave `class` out")
+        try:
+            return model.class_index(value)
+        except ConfigError as e:
+            raise _error(400, str(e)) from None
+
+    def labels_for(seeds: list[int], cls: Optional[int]) -> Optional[torch.Tensor]:
+        """The classes of images from `seeds` for a conditional model: `cls` for all, or, when no
+        class was asked for, seed mod the number of classes (a seed always gives the same image).
+        None for an unconditional model."""
+        if not conditional:
+            return None
+        if cls is not None:
+            return torch.full((len(seeds),), cls, dtype=torch.long)
+        return torch.tensor([s % model.num_classes for s in seeds], dtype=torch.long)
+
+    def class_meta(c: Optional[torch.Tensor]) -> dict[str, str]:
+        """PNG provenance of the classes behind the images (nothing for an unconditional model)."""
+        if c is None:
+            return {}
+        names = model.class_names or [str(i) for i in range(model.num_classes)]
+        return {"class": ",".join(names[int(i)] for i in c)}
+
+    def need_upload_class(value: Any, endpoint: str) -> Optional[int]:
+        """The class of an uploaded image: required by a conditional VAE (it encodes with it)."""
+        cls = check_class(value)
+        if conditional and cls is None:
+            raise _error(400, f"this VAE is class-conditional: /api/{endpoint} needs the uploaded image's class "
+                              f"(form field `class`: one of {', '.join(model.class_names or [])}, or its index)")
+        return cls
 
     async def directions(deadline: float) -> Directions:
         with dir_lock:
@@ -766,7 +801,7 @@ def create_app(run_dir_or_model: Any = None, *, max_batch: int = 64, max_frames:
     async def generate(req: GenerateRequest) -> Response:  # type: ignore[valid-type]
         """Generate images from seeds. Same request, same bytes."""
         deadline = time.monotonic() + lim.timeout_s
-        check_class(req.class_)
+        cls = check_class(req.class_)
         if req.seeds is not None:
             seeds = list(req.seeds)
         else:
@@ -780,15 +815,17 @@ def create_app(run_dir_or_model: Any = None, *, max_batch: int = 64, max_frames:
         else:
             check_output(n * res * res)
         z = await latents(seeds, req.truncation, req.offsets, deadline)
-        images = await wait(submit(lambda: worker.generate(z)), deadline, "generating")
-        meta = {**meta_base, "truncation": f"{req.truncation:g}"}
+        c = labels_for(seeds, cls)
+        images = await wait(submit(lambda: worker.generate(z, c)), deadline, "generating")
+        meta = {**meta_base, "truncation": f"{req.truncation:g}", **class_meta(c)}
         if any(o != 0 for o in req.offsets):
             meta["offsets"] = json.dumps([round(o, 6) for o in req.offsets])
         headers = {"X-Seeds": ",".join(map(str, seeds))}
         if req.format == "json":
             def encode_all() -> list[dict[str, Any]]:
-                return [{"seed": s, "png": base64.b64encode(_png_bytes(img, {**meta, "seed": s}, req.scale)).decode()}
-                        for s, img in zip(seeds, images)]
+                return [{"seed": s, "png": base64.b64encode(_png_bytes(
+                            img, {**meta, "seed": s, **class_meta(None if c is None else c[i : i + 1])},
+                            req.scale)).decode()} for i, (s, img) in enumerate(zip(seeds, images))]
 
             items = await run_in_threadpool(encode_all)
             body = {"model": name, "truncation": req.truncation, "offsets": list(req.offsets), "images": items}
@@ -809,16 +846,18 @@ def create_app(run_dir_or_model: Any = None, *, max_batch: int = 64, max_frames:
     async def interpolate(req: InterpolateRequest) -> Response:  # type: ignore[valid-type]
         """Slerp through the seeds' latents; returns a looping GIF."""
         deadline = time.monotonic() + lim.timeout_s
-        check_class(req.class_)
+        cls = check_class(req.class_)
         check_output(req.frames * (model.resolution * req.scale) ** 2)
         keys = model.latents(list(req.seeds)).cpu() * req.truncation
         z = interpolation_latents(keys, req.frames, mode="slerp", loop=req.loop)
         shift = await offset_vector(list(req.offsets), deadline)  # the same slider offset on every frame
         if shift is not None:
             z = z + shift
-        frames = await wait(submit(lambda: worker.generate(z)), deadline, "interpolating")
+        c = labels_for([int(req.seeds[0])] * len(z), cls)  # one class along the path: asked, or the first seed's
+        frames = await wait(submit(lambda: worker.generate(z, c)), deadline, "interpolating")
         comment = json.dumps({**meta_base, "seeds": list(req.seeds), "frames": req.frames, "loop": req.loop,
-                              "truncation": req.truncation, "offsets": list(req.offsets), "path": "slerp"})
+                              "truncation": req.truncation, "offsets": list(req.offsets), "path": "slerp",
+                              **class_meta(None if c is None else c[:1])})
         gif = await run_in_threadpool(gif_bytes, frames, req.duration_ms, comment, req.scale)
         return image_response(gif, "image/gif", {"X-Seeds": ",".join(map(str, req.seeds)), "X-Frames": str(req.frames)})
 
@@ -831,13 +870,16 @@ def create_app(run_dir_or_model: Any = None, *, max_batch: int = 64, max_frames:
         scale: Annotated[int, Form(ge=1, le=lim.max_scale)] = 1,
         invert: Annotated[bool, Form(description="Invert grey levels first (dark-on-light photos for "
                                                  "light-on-dark data such as Fashion-MNIST).")] = False,
+        class_: Annotated[Optional[str], Form(alias="class", description=(
+            "The image's class (name or index): required by a class-conditional VAE, refused otherwise."))] = None,
     ) -> Response:
         """Encode an uploaded image with the VAE and decode it again (posterior mean, no noise)."""
         deadline = time.monotonic() + lim.timeout_s
         need_vae("reconstruct")
+        cls = need_upload_class(class_, "reconstruct")
         check_output(2 * (model.resolution * scale + 4) ** 2)
         x = await read_upload(file, invert)
-        recon = await wait(submit(lambda: worker.call(lambda: model.reconstruct(x))), deadline, "reconstructing")
+        recon = await wait(submit(lambda: worker.call(lambda: model.reconstruct(x, cls))), deadline, "reconstructing")
         mse = float(((x.float() - recon.float()) / 255).pow(2).mean())
         grid = make_grid(torch.cat([x, recon]), nrow=2)
         png = await run_in_threadpool(_png_bytes, grid, {
@@ -857,21 +899,25 @@ def create_app(run_dir_or_model: Any = None, *, max_batch: int = 64, max_frames:
                                       description="Scale of the posterior noise (1 = q(z|x) itself).")] = 1.0,
         scale: Annotated[int, Form(ge=1, le=lim.max_scale)] = 1,
         invert: Annotated[bool, Form()] = False,
+        class_: Annotated[Optional[str], Form(alias="class", description=(
+            "The image's class (name or index): required by a class-conditional VAE, refused otherwise."))] = None,
     ) -> Response:
         """Variations of an uploaded image: n draws z = mu + spread * sigma * eps from the VAE's
         posterior q(z|x), decoded; draw i uses noise from seed + i."""
         deadline = time.monotonic() + lim.timeout_s
         need_vae("vary")
+        cls = need_upload_class(class_, "vary")
         nrow = max(1, math.ceil(math.sqrt(n)))
         check_output((nrow * (model.resolution * scale + 2) + 2) ** 2)
         x = await read_upload(file, invert)
-        mu, logvar = await wait(submit(lambda: worker.call(lambda: model.encode(x))), deadline, "encoding")
+        mu, logvar = await wait(submit(lambda: worker.call(lambda: model.encode(x, cls))), deadline, "encoding")
         eps = model.latents(range(seed, seed + n)).cpu()
         z = mu.cpu() + spread * torch.exp(0.5 * logvar.cpu()) * eps
-        images = await wait(submit(lambda: worker.generate(z)), deadline, "decoding")
+        c = None if cls is None else torch.full((n,), cls, dtype=torch.long)
+        images = await wait(submit(lambda: worker.generate(z, c)), deadline, "decoding")
         png = await run_in_threadpool(_png_bytes, make_grid(images, nrow=nrow), {
             **meta_base, "content": f"{n} variations of an uploaded image from q(z|x)", "seeds": f"{seed}-{seed + n - 1}",
-            "spread": f"{spread:g}"}, scale)
+            "spread": f"{spread:g}", **class_meta(c)}, scale)
         return image_response(png, "image/png", {"X-Seeds": f"{seed}-{seed + n - 1}"})
 
     @app.get("/", include_in_schema=False)

@@ -298,6 +298,8 @@ async function playInterpolation() {
     };
     const offsets = trimmedOffsets(state.offsets);
     if (offsets.length) body.offsets = offsets;
+    const cls = $("class");
+    if (!$("class-field").hidden && cls.value !== "") body.class = Number(cls.value);
     const response = await postJSON("/api/interpolate", body);
     if (gifUrl) URL.revokeObjectURL(gifUrl);
     gifUrl = URL.createObjectURL(await response.blob());
@@ -317,6 +319,8 @@ async function reconstruct() {
   const form = new FormData();
   form.append("file", file);
   form.append("invert", $("invert").checked ? "true" : "false");
+  const cls = $("class");
+  if (!$("class-field").hidden && cls.value !== "") form.append("class", cls.value); // a conditional VAE needs it
   try {
     const response = await api("/api/reconstruct", { method: "POST", body: form });
     if (reconUrl) URL.revokeObjectURL(reconUrl);
