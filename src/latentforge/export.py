@@ -7,7 +7,8 @@
 The exported graph maps latents z, float32 (N, z_dim), to images, float32 (N, C, H, W) in
 [-1, 1]; N is dynamic. Sample z ~ N(0, I) (scale by psi <= 1 for truncation, or by the
 temperature for a VAE); to get uint8 pixels: round((x + 1) * 127.5). Input name "z", output
-name "images".
+name "images". A class-conditional run's graph takes a second input, "class": int64 (N,), the
+class index of each image (the metadata lists the class names in index order).
 
 Right after writing, the file is loaded back (torch.jit.load, or an onnxruntime session) and
 run on a batch of a different size from the one it was traced with; its images must match the
@@ -50,14 +51,15 @@ class ExportError(RuntimeError):
 
 
 class ZToImage(nn.Module):
-    """The exported graph: latents (N, z_dim) -> images (N, C, H, W) in [-1, 1]."""
+    """The exported graph: latents (N, z_dim) -> images (N, C, H, W) in [-1, 1]; with a
+    conditional network also the class indices c (N,) int64."""
 
     def __init__(self, net: nn.Module, family: str):
         super().__init__()
         self.net, self.family = net, family
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z) if self.family == "gan" else self.net.decode(z)
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(z, c) if self.family == "gan" else self.net.decode(z, c)
 
 
 def metadata_path(path: str | os.PathLike) -> Path:
@@ -91,8 +93,7 @@ def export(model: "Model", path: str | os.PathLike, format: str | None = None, c
 
     path = Path(path)
     fmt = _format_of(path, format)
-    if getattr(model, "conditional", False):
-        raise ValueError("exporting a class-conditional model is not supported: the exported graph takes z only")
+    conditional = bool(getattr(model, "conditional", False))
     if fmt == "onnx":
         try:
             import onnx  # noqa: F401  (the exporter needs it)
@@ -109,7 +110,10 @@ def export(model: "Model", path: str | os.PathLike, format: str | None = None, c
     wrapper = ZToImage(copy.deepcopy(net).cpu().float().eval(), model.family).eval()
     for p in wrapper.parameters():
         p.requires_grad_(False)
-    example = latents_for_seeds(range(TRACE_BATCH), model.z_dim)
+    example: tuple[torch.Tensor, ...] = (latents_for_seeds(range(TRACE_BATCH), model.z_dim),)
+    if conditional:  # classes 0, 1, ...: any valid indices trace the same graph
+        example += (torch.arange(TRACE_BATCH) % model.num_classes,)
+    names = ["z", "class"][: len(example)]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -117,18 +121,20 @@ def export(model: "Model", path: str | os.PathLike, format: str | None = None, c
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit / legacy ONNX exporter notices
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the shape checks in forward()
             if fmt == "torchscript":
-                traced = torch.jit.trace(wrapper, (example,), check_trace=False)
+                traced = torch.jit.trace(wrapper, example, check_trace=False)
                 torch.jit.save(traced, str(tmp))
             else:
-                torch.onnx.export(wrapper, (example,), str(tmp), input_names=["z"], output_names=["images"],
-                                  dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}}, opset_version=opset,
-                                  dynamo=False, do_constant_folding=True)
+                torch.onnx.export(wrapper, example, str(tmp), input_names=names, output_names=["images"],
+                                  dynamic_axes={**{n: {0: "batch"} for n in names}, "images": {0: "batch"}},
+                                  opset_version=opset, dynamo=False, do_constant_folding=True)
         max_diff = None
         if check:
-            z = latents_for_seeds(range(100, 100 + CHECK_BATCH), model.z_dim)  # not the traced latents
+            inputs = (latents_for_seeds(range(100, 100 + CHECK_BATCH), model.z_dim),)  # not the traced latents
+            if conditional:  # not the traced classes either: the class input must steer the graph
+                inputs += (torch.arange(CHECK_BATCH - 1, -1, -1) % model.num_classes,)
             with torch.no_grad():
-                want = wrapper(z)
-            got = _run_exported(tmp, fmt, z)
+                want = wrapper(*inputs)
+            got = _run_exported(tmp, fmt, inputs)
             if tuple(got.shape) != tuple(want.shape):
                 raise ExportError(f"exported {fmt} gives shape {tuple(got.shape)} for a batch of {CHECK_BATCH}, "
                                   f"the model {tuple(want.shape)}")
@@ -151,6 +157,9 @@ def export(model: "Model", path: str | os.PathLike, format: str | None = None, c
         "class_names": model.class_names,
         "input": {"name": "z", "shape": ["N", model.z_dim], "dtype": "float32",
                   "distribution": "standard normal N(0, I); scale by truncation psi (GAN) or temperature (VAE)"},
+        "class_input": ({"name": "class", "shape": ["N"], "dtype": "int64",
+                         "values": f"0..{model.num_classes - 1}, the index into class_names"}
+                        if conditional else None),
         "output": {"name": "images", "shape": ["N", model.channels, model.resolution, model.resolution],
                    "dtype": "float32", "layout": "NCHW", "range": [-1.0, 1.0],
                    "to_uint8": "round((x + 1) * 127.5), clamped to 0..255"},
@@ -170,19 +179,22 @@ def export(model: "Model", path: str | os.PathLike, format: str | None = None, c
     return {**meta, "path": str(path), "metadata_path": str(mpath)}
 
 
-def _run_exported(path: Path, fmt: str, z: torch.Tensor) -> torch.Tensor:
-    """Run an exported file on z (CPU) -> float32 images."""
+def _run_exported(path: Path, fmt: str, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Run an exported file on (z,) or (z, class) (CPU) -> float32 images."""
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             loaded = torch.jit.load(str(path), map_location="cpu")
         with torch.no_grad():
-            return loaded(z).float()
+            return loaded(*inputs).float()
     import numpy as np
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    (out,) = sess.run(["images"], {"z": z.numpy().astype(np.float32)})
+    feed = {"z": inputs[0].numpy().astype(np.float32)}
+    if len(inputs) > 1:
+        feed["class"] = inputs[1].numpy().astype(np.int64)
+    (out,) = sess.run(["images"], feed)
     return torch.from_numpy(out)
