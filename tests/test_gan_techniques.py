@@ -228,3 +228,26 @@ def test_cli_accepts_the_technique_flags(tiny_npz: Path, tmp_path: Path) -> None
     cfg, _ = latentforge.config.read_run_config(out)
     assert (cfg.loss, cfg.gp_weight, cfg.n_critic, cfg.spectral_norm, cfg.lr_d, cfg.ema_decay, cfg.augment) == \
         ("wgan", 10.0, 2, True, 4e-4, 0.9, "color")
+
+
+def test_eval_scores_the_ema_generator_unless_no_ema(tiny_npz: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import json
+
+    from distributed_worker import PoolExtractor
+    from latentforge.cli import app
+
+    ev = importlib.import_module("latentforge.metrics.evaluate")  # the module, not the function of that name
+    monkeypatch.setattr(ev, "default_extractor", lambda device="cpu": PoolExtractor())
+    monkeypatch.setenv("LATENTFORGE_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "ema"
+    train(tiny_cfg(tiny_npz, run, steps=3, ema_decay=0.5), progress=False, log=lambda m: None)
+    out = {}
+    for flag in ("--ema", "--no-ema"):
+        path = tmp_path / f"{flag}.json"
+        app(["eval", str(run), "--ref", str(tiny_npz), "--n", "32", "--metrics", "fid", "--json", str(path), flag],
+            standalone_mode=False)
+        out[flag] = json.loads(path.read_text())
+    assert out["--ema"]["generator"] == "ema" and out["--no-ema"]["generator"] == "raw"
+    assert out["--ema"]["fid"] != out["--no-ema"]["fid"]  # different weights, different images

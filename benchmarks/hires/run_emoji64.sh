@@ -22,3 +22,9 @@ wait
 for run in dcgan64 progan64; do
   $LF eval "$OUT/$run" --ref emoji:train --n 3388 --json "$OUT/$run.eval.json"
 done
+# The DCGAN with its defaults collapsed at step 400 (the guard rolled back 3 times and gave up):
+# the same budget for the DCGAN with the SN-GAN recipe (spectral norm in D, hinge loss, Adam(2e-4, 0, 0.9)),
+# started when the first DCGAN stopped, beside progan:
+# OMP_NUM_THREADS=1 $LF train --model dcgan --width 32 "${common[@]}" --spectral-norm --loss hinge --beta1 0 --beta2 0.9 \
+#     --out "$OUT/dcgan64sn"
+# $LF eval "$OUT/dcgan64sn" --ref emoji:train --n 3388 --json "$OUT/dcgan64sn.eval.json"

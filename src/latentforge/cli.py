@@ -423,6 +423,7 @@ def eval_cmd(
     seed: int = typer.Option(0, help="Seed of the generated images and of the reference subset."),
     floor: bool = typer.Option(False, "--floor", help="Also report real-vs-real FID/KID at the same n (the best reachable)."),
     checkpoint: str = typer.Option("latest", help="latest or best."),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="GAN runs trained with --ema-decay: score the moving average of G (default, what sample uses) or, with --no-ema, the raw generator."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     sampler: str = typer.Option("prior", help="VAE runs: latents of the generated images: prior or gmm (see `latentforge sample --help`)."),
     iwae_k: int = typer.Option(0, help="VAE runs: test log-likelihood by the importance-weighted bound with K samples per image (Burda et al. 2016), on --n held-out images of --ref; 0 = off."),
@@ -475,7 +476,7 @@ def eval_cmd(
         from .sample import load
         from .train import default_eval_ref
 
-        m = load(run, device=str(dev), checkpoint=checkpoint)
+        m = load(run, device=str(dev), checkpoint=checkpoint, ema=ema)
         if m.family != "vae" and (vae_only or sampler != "prior"):
             raise UserError(f"{run} is a {m.config.model} run; --iwae-k, --recon, --binarize and --sampler need a VAE run")
         ref = ref or default_eval_ref(m.config.data)
@@ -495,6 +496,8 @@ def eval_cmd(
             return
         result["run"] = str(run)
         result["checkpoint"] = checkpoint
+        if m.family == "gan" and m.config.ema_decay > 0:
+            result["generator"] = "ema" if ema else "raw"
         if wanted and labels is not None:  # is each image recognized as the class it asked for?
             from .metrics.classifier import class_accuracy, get_classifier
 
