@@ -309,3 +309,15 @@ def test_guard_rolls_back_a_vae_gan_nan_and_the_next_log_line_averages_only_the_
     assert len(seen) == 9 and sorted(rows) == [4, 8]
     for key in ("loss/total", "loss/D", "adv_weight"):
         assert rows[8][key] == pytest.approx((seen[7][key] + seen[8][key]) / 2, rel=1e-5, abs=1e-6), key
+
+
+def test_channels_last_trains_like_the_default(tiny_npz: Path, tmp_path: Path) -> None:
+    """--channels-last wraps the VAE and D (acceleration.AutocastView); the step still reaches the
+    decoder and D's features inside, and only the memory layout differs."""
+    kw = dict(steps=3, adv_start=1, fm_weight=1.0)
+    train(tiny_cfg(tiny_npz, tmp_path / "plain", **kw), **QUIET)
+    train(tiny_cfg(tiny_npz, tmp_path / "cl", channels_last=True, **kw), **QUIET)
+    a, b = load_file(str(tmp_path / "plain" / "model.safetensors")), load_file(str(tmp_path / "cl" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-4), k

@@ -452,10 +452,22 @@ class GradAveragingScaler:
 
 
 def unwrap(net: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper (`net` itself when not wrapped): for
-    calling methods other than forward (a VAE's decode), which share the wrapper's weights but not
-    its gradient averaging; the backward of a step must also pass through the wrapper's forward."""
-    return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+    """The network inside the wrappers of train.step_networks (DistributedDataParallel,
+    acceleration.AutocastView, torch.compile); `net` itself when not wrapped. For calling methods
+    other than forward (a VAE's decode), which share the wrappers' weights but not what they add
+    (gradient averaging, autocast, channels-last inputs): the backward of a step must still start
+    from the wrapper's forward."""
+    from .acceleration import AutocastView
+
+    while True:
+        if isinstance(net, nn.parallel.DistributedDataParallel):
+            net = net.module
+        elif isinstance(net, AutocastView):
+            net = net.net
+        elif isinstance(getattr(net, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            net = net._orig_mod
+        else:
+            return net
 
 
 def no_grad_sync(net: nn.Module) -> contextlib.AbstractContextManager[Any]:
