@@ -19,7 +19,7 @@ OMP_NUM_THREADS=1 $LF train --model dcgan --width 32 --ema-decay 0.999 "${common
 OMP_NUM_THREADS=1 $LF train --model dcgan --width 32 --ema-decay 0.999 --spectral-norm --loss hinge --beta1 0 \
     --beta2 0.9 "${common[@]}" --out "$OUT/dcgan64sn" > "$OUT/dcgan64sn.log" 2>&1 &
 # 3. progan with its defaults (lr 1e-3, beta1 0), 16 channels at 64 px doubling to at most 256 at 4 px
-#    (about the DCGAN's cost per image at 64 px), 3,000 images per fade-in and per stable phase (fully
+#    (about 4x the DCGAN's cost per image at 64 px), 3,000 images per fade-in and per stable phase (fully
 #    grown after 27,000 images), EMA 0.995 (StyleGAN2's 10k-image half-life at batch 64: a longer EMA
 #    would average over the stages still growing)
 OMP_NUM_THREADS=1 $LF train --model progan --width 16 --max-channels 256 --stage-images 3000 --ema-decay 0.995 \
