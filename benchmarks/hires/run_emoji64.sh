@@ -25,7 +25,8 @@ OMP_NUM_THREADS=1 $LF train --model dcgan --width 32 --ema-decay 0.999 --spectra
 OMP_NUM_THREADS=1 $LF train --model progan --width 16 --max-channels 256 --stage-images 3000 --ema-decay 0.995 \
     "${common[@]}" --out "$OUT/progan64b" > "$OUT/progan64b.log" 2>&1 &
 wait
-# the same protocol for all: every training image as the reference (3,388), as many generated
-for run in dcgan64 dcgan64sn progan64b; do
-  $LF eval "$OUT/$run" --ref emoji:train --n 3388 --json "$OUT/$run.eval.json"
+# the same protocol for all: 2,000 generated vs 2,000 training images; the EMA of G and the raw G
+for spec in "dcgan64 --ema" "dcgan64sn --ema" "progan64b --ema" "dcgan64sn --no-ema" "progan64b --no-ema"; do
+  set -- $spec
+  OMP_NUM_THREADS=1 $LF eval "$OUT/$1" --ref emoji:train --n 2000 "$2" --json "$OUT/$1.eval${2#--}.json"
 done
