@@ -702,7 +702,7 @@ def create_app(run_dir_or_model: Any = None, *, max_batch: int = 64, max_frames:
         if not conditional:
             return None
         if cls is not None:
-            return torch.full((len(seeds),), cls, dtype=torch.long)
+            return model.class_labels(len(seeds), cls)
         return torch.tensor([s % model.num_classes for s in seeds], dtype=torch.long)
 
     def class_meta(c: Optional[torch.Tensor]) -> dict[str, str]:
@@ -913,7 +913,7 @@ def create_app(run_dir_or_model: Any = None, *, max_batch: int = 64, max_frames:
         mu, logvar = await wait(submit(lambda: worker.call(lambda: model.encode(x, cls))), deadline, "encoding")
         eps = model.latents(range(seed, seed + n)).cpu()
         z = mu.cpu() + spread * torch.exp(0.5 * logvar.cpu()) * eps
-        c = None if cls is None else torch.full((n,), cls, dtype=torch.long)
+        c = labels_for(list(range(seed, seed + n)), cls)  # cls is set for a conditional VAE (need_upload_class)
         images = await wait(submit(lambda: worker.generate(z, c)), deadline, "decoding")
         png = await run_in_threadpool(_png_bytes, make_grid(images, nrow=nrow), {
             **meta_base, "content": f"{n} variations of an uploaded image from q(z|x)", "seeds": f"{seed}-{seed + n - 1}",
