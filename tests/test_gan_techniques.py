@@ -17,7 +17,7 @@ from latentforge.config import ConfigError, TrainConfig
 from latentforge.losses import (d_loss_hinge, d_loss_wasserstein, g_loss_hinge, g_loss_wasserstein,
                                 gradient_penalty, r1_penalty)
 from latentforge.models import DCGANConfig, Discriminator, Generator
-from latentforge.train import ema_update, gan_step, make_ema, train
+from latentforge.train import ema_decay_at, ema_update, gan_step, make_ema, train
 
 
 class LinearCritic(nn.Module):
@@ -183,6 +183,38 @@ def tiny_cfg(data: Path, out: Path, **kw) -> TrainConfig:
                 log_every=2, sample_every=3, checkpoint_every=3, seed=0)
     base.update(kw)
     return TrainConfig(**base)
+
+
+def test_ema_decay_at_ramps_up_to_the_decay() -> None:
+    assert ema_decay_at(0, 0.999, warmup=False) == 0.999
+    assert ema_decay_at(0, 0.999, warmup=True) == pytest.approx(0.1)
+    assert ema_decay_at(8, 0.999, warmup=True) == pytest.approx(0.5)
+    assert ema_decay_at(8989, 0.999, warmup=True) < 0.999 == ema_decay_at(8990, 0.999, warmup=True)
+    ramp = [ema_decay_at(t, 0.9999, warmup=True) for t in range(0, 20000, 100)]
+    assert ramp == sorted(ramp) and ramp[-1] < 0.9999
+
+
+def test_ema_warmup_in_training_uses_the_ramped_decay(tiny_npz: Path, tmp_path: Path) -> None:
+    # one step from the same seed with and without the warm-up: the raw G is the same, and the EMAs are
+    # 0.999 * G0 + 0.001 * G1 (no warm-up) and 0.1 * G0 + 0.9 * G1 (warm-up: decay (1 + 0) / (10 + 0))
+    w = {}
+    for warm in (False, True):
+        run = tmp_path / f"warm{warm}"
+        train(tiny_cfg(tiny_npz, run, steps=1, ema_decay=0.999, ema_warmup=warm), progress=False, log=lambda m: None)
+        w[warm] = load_file(str(run / "model.safetensors"))
+    keys = [k[len("G."):] for k in w[False] if k.startswith("G.") and w[False][k].is_floating_point()]
+    moved = 0
+    for k in keys:
+        g1 = w[False]["G." + k]
+        assert torch.equal(g1, w[True]["G." + k]), k
+        if "running_" in k:  # buffers are copied, not averaged
+            continue
+        g0 = (w[False]["G_ema." + k].double() - 0.001 * g1.double()) / 0.999
+        assert torch.allclose(w[True]["G_ema." + k].double(), 0.1 * g0 + 0.9 * g1.double(), atol=1e-5), k
+        moved += not torch.allclose(g0, g1.double(), atol=1e-6)
+    assert moved > 0  # the step changed G, so the two averages differ
+    with pytest.raises(ConfigError, match="--ema-decay"):
+        tiny_cfg(tiny_npz, tmp_path / "bad", ema_warmup=True)
 
 
 def test_ema_run_saves_g_ema_and_load_prefers_it(tiny_npz: Path, tmp_path: Path) -> None:

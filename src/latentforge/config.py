@@ -66,6 +66,7 @@ class TrainConfig:
     spectral_norm: bool = False  # spectral normalization on every D layer, D without batch norm (Miyato 2018)
     lr_d: float | None = None  # discriminator learning rate (TTUR, Heusel et al. 2017); None = lr
     ema_decay: float = 0.0  # EMA of G's weights (Karras 2018; Yazici 2019), e.g. 0.999; 0 = off
+    ema_warmup: bool = False  # decay of step t = min(ema_decay, (1 + t) / (10 + t)) (train.ema_decay_at)
     augment: str = ""  # DiffAugment policy (Zhao et al. 2020), e.g. "color,translation,cutout"; "" = off
 
     # class conditioning on the data's labels (GAN: conditional BN in G + projection D; VAE: CVAE)
@@ -164,6 +165,8 @@ class TrainConfig:
             raise ConfigError(f"n_critic must be >= 1, got {self.n_critic}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.ema_warmup and self.ema_decay == 0:
+            raise ConfigError("ema_warmup ramps the decay of the EMA of G up to ema_decay; set --ema-decay too (e.g. 0.999)")
         parse_augment(self.augment)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")

@@ -253,6 +253,17 @@ def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
         b_ema.copy_(b)
 
 
+def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
+    """The EMA decay of step `step` (0-based): `decay`, or with `warmup` min(decay, (1 + step) / (10 + step)).
+
+    Without a warm-up the average still holds the initial (random) weights with weight decay^t: at
+    decay 0.999 that is e^-1 after 1,000 steps, and short runs sample from a lagging average. The
+    ramp is the num_updates rule of TensorFlow's tf.train.ExponentialMovingAverage: decay 0.1 at the
+    first step, 0.5 at step 8, 0.9 at step 81, 0.999 from step 8,990 on.
+    """
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
+
+
 def make_ema(G: nn.Module) -> nn.Module:
     """A frozen copy of G to hold its exponential moving average (saved as "G_ema.")."""
     return copy.deepcopy(G).requires_grad_(False)
@@ -617,7 +628,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                     reals = [fade_reals(r, stage, alpha, cfg.resolution) for r in reals]
                 out = gan_step(step_nets["G"], step_nets["D"], opts["G"], opts["D"], reals, cfg.z_dim, loss=cfg.loss,
                                gp_weight=cfg.gp_weight, r1_gamma=cfg.r1_gamma, augment=cfg.augment,
-                               G_ema=nets.get("G_ema"), ema_decay=cfg.ema_decay,
+                               G_ema=nets.get("G_ema"), ema_decay=ema_decay_at(state.step, cfg.ema_decay, cfg.ema_warmup),
                                labels=None if labels is None else [labels[j] for j in idx], num_classes=num_classes,
                                scaler=scaler)
             elif cfg.model == "vae_gan":  # fp32 (config.py refuses the rest)
