@@ -98,7 +98,7 @@ def test_health_and_info(gan: TestClient, vae: TestClient, runs: dict[str, Path]
     assert info["family"] == "gan" and info["architecture"] == "dcgan"
     assert (info["resolution"], info["channels"], info["z_dim"]) == (28, 1, 8)
     assert info["classes"] == ["square", "disc"] and info["conditional"] is False
-    assert info["run"] == runs["dcgan"].name and info["can_reconstruct"] is False
+    assert info["run"] == runs["dcgan"].name and info["can_reconstruct"] is False and info["steps"] == 4
     assert info["limits"]["max_n"] == 64 and info["limits"]["max_frames"] == 120
     assert vae.get("/api/info").json()["can_reconstruct"] is True
 

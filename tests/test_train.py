@@ -344,3 +344,4 @@ def test_max_minutes_stops_with_a_checkpoint(tmp_path, tiny_npz):
     assert 1 <= res.step < 1000
     assert load_state(tmp_path / "run" / "state.pt")["step"] == res.step
     assert (tmp_path / "run" / "samples" / f"step_{res.step:06d}.png").is_file()
+    assert latentforge.load(tmp_path / "run", device="cpu").trained_steps == res.step  # not the bound of 1000

@@ -51,6 +51,7 @@ class Model:
     device: torch.device
     run_dir: Path
     checkpoint: str  # "latest" or "best"
+    trained_steps: int | None = None  # the step the weights were saved at (their metadata); None if not recorded
 
     @property
     def family(self) -> str:
@@ -305,9 +306,10 @@ def load(run_dir: str | Path, device: str = "auto", checkpoint: str = "latest", 
     if cfg.conditional and not num_classes:
         raise ConfigError(f"{run_dir}/config.json says conditional but its data_info has no num_classes")
     nets = build_networks(cfg, int(info.get("channels", cfg.channels or 1)), num_classes)
+    with safe_open(str(path), framework="pt") as f:
+        has_ema = any(k.startswith("G_ema.") for k in f.keys())
+        step = (f.metadata() or {}).get("step")
     if cfg.family == "gan":  # the discriminator is not needed to sample
-        with safe_open(str(path), framework="pt") as f:
-            has_ema = any(k.startswith("G_ema.") for k in f.keys())
         role = "G_ema" if ema and has_ema else "G"
         load_weights({role: nets["G"]}, path)  # the EMA weights go into a plain generator
         nets = {"G": nets["G"]}
@@ -316,4 +318,5 @@ def load(run_dir: str | Path, device: str = "auto", checkpoint: str = "latest", 
         nets = {"vae": nets["vae"]}  # a VAE-GAN's discriminator is not needed either
     for net in nets.values():
         net.to(dev).eval()
-    return Model(config=cfg, info=info, nets=nets, device=dev, run_dir=run_dir, checkpoint=checkpoint)
+    return Model(config=cfg, info=info, nets=nets, device=dev, run_dir=run_dir, checkpoint=checkpoint,
+                 trained_steps=int(step) if step is not None and step.isdigit() else None)

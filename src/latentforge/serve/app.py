@@ -489,7 +489,8 @@ class InfoResponse(BaseModel):
     z_dim: int
     run: str = Field(description="The run folder's name.")
     data: str = Field(description="What the model was trained on.")
-    steps: int = Field(description="Training steps in the run's config.")
+    steps: int = Field(description="Training steps of the served weights (the run's configured step bound when "
+                             "the weights do not record it).")
     can_reconstruct: bool = Field(description="True for VAEs: /api/reconstruct and /api/vary work.")
     version: str = Field(description="latentforge version serving it.")
     limits: LimitsModel
@@ -778,7 +779,7 @@ def create_app(run_dir_or_model: Any = None, *, max_batch: int = 64, max_frames:
         return InfoResponse(
             name=name, architecture=model.config.model, family=model.family, resolution=model.resolution,
             channels=model.channels, classes=model.class_names, conditional=conditional, z_dim=model.z_dim,
-            run=model.run_dir.name, data=str(model.config.data), steps=int(model.config.steps),
+            run=model.run_dir.name, data=str(model.config.data), steps=model.trained_steps if model.trained_steps is not None else int(model.config.steps),
             can_reconstruct=model.family == "vae", version=__version__, limits=LimitsModel(**asdict(lim)))
 
     @app.get("/api/directions", response_model=DirectionsResponse, responses={503: ERRORS[503]}, tags=["explore"])
