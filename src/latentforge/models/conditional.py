@@ -4,6 +4,7 @@
                              (de Vries et al. 2017, "Modulating early visual processing by
                              language"; Miyato & Koyama 2018, "cGANs with Projection Discriminator")
     check_labels             the contract of a class-label argument `c`
+    check_images             the contract of an image batch `x` (every network's input check)
 
 The projection discriminator itself (Miyato & Koyama 2018, eq. 3) is one line in each
 discriminator's forward: logit = psi(phi(x)) + <embed(c), phi(x)>, with phi(x) that
@@ -14,6 +15,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+def check_images(x: torch.Tensor, channels: int, res: int, what: str = "images") -> None:
+    """`x` must be a (N, channels, res, res) batch; the error names the shape that came."""
+    if x.ndim != 4 or x.shape[1:] != (channels, res, res):
+        raise ValueError(f"{what} must have shape (N, {channels}, {res}, {res}), got {tuple(x.shape)}")
 
 
 def check_labels(c: torch.Tensor | None, n: int, num_classes: int, who: str) -> None:

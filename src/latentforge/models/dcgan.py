@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .conditional import ConditionalBatchNorm2d, check_labels
+from .conditional import ConditionalBatchNorm2d, check_images, check_labels
 
 SUPPORTED = (28, 32, 64, 128)
 
@@ -139,8 +139,7 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """images (N, C, res, res), c (N,) int64 class indices (None when unconditional) -> logits (N,)."""
         r, ch = self.cfg.resolution, self.cfg.img_channels
-        if x.ndim != 4 or x.shape[1:] != (ch, r, r):
-            raise ValueError(f"images must have shape (N, {ch}, {r}, {r}), got {tuple(x.shape)}")
+        check_images(x, ch, r)
         check_labels(c, x.shape[0], self.cfg.num_classes, "DCGAN")
         if self.embed is None:
             return self.net(x).flatten()

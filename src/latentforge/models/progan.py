@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig
+from .conditional import check_images
 
 RESOLUTIONS = (28, 32, 64, 128, 256, 512, 1024)
 LRELU = 0.2  # LeakyReLU slope (paper, table 2)
@@ -301,8 +302,7 @@ class Discriminator(_Growing):
         if c is not None:
             raise ValueError("this ProGAN is unconditional; pass c=None")
         r, chans = self.cfg.resolution, self.cfg.img_channels
-        if x.ndim != 4 or x.shape[1:] != (chans, r, r):
-            raise ValueError(f"images must have shape (N, {chans}, {r}, {r}), got {tuple(x.shape)}")
+        check_images(x, chans, r)
         stage, alpha = self.progress()
         k = r // self.resolutions[stage]
         x = x[:, :, ::k, ::k] if k > 1 else x  # (N, C, r_stage, r_stage)

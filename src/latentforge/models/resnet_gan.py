@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conditional import ConditionalBatchNorm2d, check_labels
+from .conditional import ConditionalBatchNorm2d, check_images, check_labels
 from .dcgan import layout
 
 
@@ -161,8 +161,7 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """images (N, C, res, res), c (N,) int64 class indices or None -> logits (N,)."""
         r, ch = self.cfg.resolution, self.cfg.img_channels
-        if x.ndim != 4 or x.shape[1:] != (ch, r, r):
-            raise ValueError(f"images must have shape (N, {ch}, {r}, {r}), got {tuple(x.shape)}")
+        check_images(x, ch, r)
         check_labels(c, x.shape[0], self.cfg.num_classes, "ResNet discriminator")
         phi = F.relu(self.blocks(x)).sum(dim=(2, 3))  # (N, w): global sum pooling
         logit = self.linear(phi).flatten()  # psi(phi(x)), (N,)

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conditional import check_images
+
 FACTORS = (2, 4)
 LRELU = 0.2
 
@@ -94,8 +96,7 @@ class Upsampler(nn.Module):
         """x (N, C, h, w) in [-1, 1] -> (N, C, f h, f w). `noise` (N, 1, h, w); None = drawn
         from the global RNG (training)."""
         r, c = self.cfg.in_resolution, self.cfg.img_channels
-        if x.ndim != 4 or x.shape[1:] != (c, r, r):
-            raise ValueError(f"low-res images must have shape (N, {c}, {r}, {r}), got {tuple(x.shape)}")
+        check_images(x, c, r, "low-res images")
         if noise is None:
             noise = torch.randn(x.shape[0], 1, r, r, device=x.device, dtype=x.dtype)
         h = F.leaky_relu(self.head(torch.cat([x, noise], dim=1)), LRELU)  # (N, width, h, w)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conditional import check_labels
+from .conditional import check_images, check_labels
 from .dcgan import layout
 
 LIKELIHOODS = ("bce", "mse")
@@ -83,17 +83,12 @@ class VAE(nn.Module):
         dec += [nn.ConvTranspose2d(ch, cfg.img_channels, 4, 2, 1)]  # (N, C, res, res), no activation
         self.decoder = nn.Sequential(*dec)
 
-    def _check_images(self, x: torch.Tensor) -> None:
-        r, c = self.cfg.resolution, self.cfg.img_channels
-        if x.ndim != 4 or x.shape[1:] != (c, r, r):
-            raise ValueError(f"images must have shape (N, {c}, {r}, {r}), got {tuple(x.shape)}")
-
     def _one_hot(self, c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return F.one_hot(c, self.cfg.num_classes).to(like.dtype)  # (N, K)
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """images in [-1, 1] (N, C, res, res), c (N,) int64 classes or None -> (mu, logvar), each (N, z_dim)."""
-        self._check_images(x)
+        check_images(x, self.cfg.img_channels, self.cfg.resolution)
         check_labels(c, x.shape[0], self.cfg.num_classes, "VAE")
         if c is not None:  # one-hot class as K constant channels: (N, C + K, res, res)
             y = self._one_hot(c, x)[:, :, None, None].expand(-1, -1, *x.shape[2:])

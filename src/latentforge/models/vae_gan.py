@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .conditional import check_images
 from .dcgan import init_weights, layout
 from .vae import VAE
 
@@ -92,8 +93,7 @@ class PatchDiscriminator(nn.Module):
         """images (N, C, res, res) in [-1, 1] -> (logits (N, 1, g, g), [each hidden block's output]),
         g = patch_grid(res)."""
         r, c = self.cfg.resolution, self.cfg.img_channels
-        if x.ndim != 4 or x.shape[1:] != (c, r, r):
-            raise ValueError(f"images must have shape (N, {c}, {r}, {r}), got {tuple(x.shape)}")
+        check_images(x, c, r)
         feats = []
         h = x
         for block in self.blocks:
