@@ -36,6 +36,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .images import to_float
+from .models import eval_mode
 
 GUARD_SEEDS = range(2_000_000, 2_000_064)  # fixed latents of the diversity check (apart from sample/eval seeds)
 REAL_SUBSET_SEED = 2_000_000  # which real images the real data's diversity is measured on
@@ -136,11 +137,9 @@ class Guard:
         from .train import cycled_labels, latents_for_seeds
 
         G = self.nets["G"]
-        was_training = G.training
-        G.eval()
         c = cycled_labels(len(GUARD_SEEDS), getattr(getattr(G, "cfg", None), "num_classes", 0))  # conditional G: cycle classes
-        x = G(latents_for_seeds(GUARD_SEEDS, self.cfg.z_dim, self.device), None if c is None else c.to(self.device))
-        G.train(was_training)
+        with eval_mode(G):
+            x = G(latents_for_seeds(GUARD_SEEDS, self.cfg.z_dim, self.device), None if c is None else c.to(self.device))
         return diversity(x)
 
     def _state_problem(self) -> Problem | None:

@@ -34,7 +34,7 @@ from .images import save_grid, to_float, to_uint8
 from .augment import diff_augment
 from .guard import Guard, Problem, TrainingDiverged
 from .losses import GAN_LOSSES, adaptive_adv_weight, feature_matching, gradient_penalty, negative_elbo, r1_penalty
-from .models import build_networks
+from .models import build_networks, eval_mode
 from .models.progan import fade_reals, progan_schedule
 from .models.upsampler import area_downsample, comparison_rows
 from .models.vae_gan import PatchDiscriminator, decoder_last_layer
@@ -380,8 +380,6 @@ def generate_images(nets: dict[str, nn.Module], cfg: TrainConfig, seeds: list[in
     Conditional runs: image i gets class labels[i]; labels=None cycles, image i gets class
     i mod num_classes. Unconditional runs take no labels."""
     net = nets.get("G_ema", nets["G"]) if cfg.family == "gan" else nets["vae"]  # the EMA copy when kept
-    was_training = net.training
-    net.eval()
     out = []
     seeds = list(seeds)
     k = num_classes_of(net)
@@ -393,12 +391,12 @@ def generate_images(nets: dict[str, nn.Module], cfg: TrainConfig, seeds: list[in
         labels = torch.as_tensor(labels, dtype=torch.long)
         if tuple(labels.shape) != (len(seeds),):
             raise ValueError(f"need one class label per seed ({len(seeds)}), got shape {tuple(labels.shape)}")
-    for i in range(0, len(seeds), batch_size):
-        z = latents_for_seeds(seeds[i : i + batch_size], cfg.z_dim, device)
-        c = None if labels is None else labels[i : i + batch_size].to(device)
-        x = net(z, c) if cfg.family == "gan" else net.decode(z, c)
-        out.append(to_uint8(x).cpu())
-    net.train(was_training)
+    with eval_mode(net):
+        for i in range(0, len(seeds), batch_size):
+            z = latents_for_seeds(seeds[i : i + batch_size], cfg.z_dim, device)
+            c = None if labels is None else labels[i : i + batch_size].to(device)
+            x = net(z, c) if cfg.family == "gan" else net.decode(z, c)
+            out.append(to_uint8(x).cpu())
     return torch.cat(out)
 
 

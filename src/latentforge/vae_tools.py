@@ -19,6 +19,7 @@ import torch
 
 from .images import to_float
 from .losses import bernoulli_nll, gaussian_nll
+from .models import eval_mode
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import TrainConfig
@@ -69,21 +70,15 @@ def posterior_means(vae: VAELike, images: torch.Tensor, batch_size: int = 500,
     """E_q[z|x] = mu(x) for every image: uint8 (N, C, H, W), or float in [-1, 1] -> (N, D) float32
     on the CPU (`labels` (N,): the classes, for a conditional VAE). The network runs in eval mode
     (batch norm with its running statistics) and is put back in the mode it was in."""
-    was_training = getattr(vae, "training", False)
-    if hasattr(vae, "eval"):
-        vae.eval()
     device = _device_of(vae)
     out = []
-    try:
+    with eval_mode(vae):
         for i in range(0, images.shape[0], batch_size):
             x = images[i : i + batch_size]
             x = to_float(x) if x.dtype == torch.uint8 else x
             c = None if labels is None else labels[i : i + batch_size].to(device)
             mu, _ = vae.encode(x.to(device)) if c is None else vae.encode(x.to(device), c)
             out.append(mu.float().cpu())
-    finally:
-        if hasattr(vae, "train"):
-            vae.train(was_training)
     return torch.cat(out)
 
 
@@ -173,21 +168,15 @@ def seeded_log_weights(vae: VAELike, x: torch.Tensor, k: int, likelihood: str, s
     (N, k) float64 on the CPU. The network runs in eval mode and is put back after."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    was_training = getattr(vae, "training", False)
-    if hasattr(vae, "eval"):
-        vae.eval()
     device = _device_of(vae)
     rows = []
-    try:
+    with eval_mode(vae):
         per_chunk = max(1, max_batch // k)  # images per chunk
         z_dim = _z_dim(vae, x[:1].to(device))
         for i in range(0, x.shape[0], per_chunk):
             xc = x[i : i + per_chunk].to(device)
             eps = torch.stack([image_noise(i + j, k, z_dim, seed) for j in range(xc.shape[0])], dim=1)  # (k, b, D)
             rows.append(log_importance_weights(vae, xc, eps, likelihood, sigma, max_batch).T.cpu())  # (b, k)
-    finally:
-        if hasattr(vae, "train"):
-            vae.train(was_training)
     return torch.cat(rows)
 
 
@@ -280,16 +269,10 @@ def evaluate_vae(vae: VAELike, images_u8: torch.Tensor, likelihood: str, sigma: 
 @torch.no_grad()
 def _decode_all(vae: VAELike, z: torch.Tensor, batch_size: int) -> torch.Tensor:
     """decode(z) in batches, in eval mode, on the CPU as float32."""
-    was_training = getattr(vae, "training", False)
-    if hasattr(vae, "eval"):
-        vae.eval()
     device = _device_of(vae)
-    try:
+    with eval_mode(vae):
         return torch.cat([vae.decode(z[i : i + batch_size].to(device)).float().cpu()
                           for i in range(0, z.shape[0], batch_size)])
-    finally:
-        if hasattr(vae, "train"):
-            vae.train(was_training)
 
 
 def evaluate_vae_run(model: "Model", ref_spec: str, n: int, seed: int = 0, *, iwae_k: int = 0, recon: bool = False,

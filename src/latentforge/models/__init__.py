@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -12,8 +16,23 @@ from .resnet_gan import ResNetGANConfig
 from .vae import VAE, VAEConfig, VAEOutput
 from .vae_gan import PatchDConfig, PatchDiscriminator
 
-__all__ = ["build_networks", "DCGANConfig", "Generator", "Discriminator", "ResNetGANConfig", "VAE", "VAEConfig",
+__all__ = ["build_networks", "eval_mode", "DCGANConfig", "Generator", "Discriminator", "ResNetGANConfig", "VAE", "VAEConfig",
            "VAEOutput", "PatchDConfig", "PatchDiscriminator"]
+
+
+@contextlib.contextmanager
+def eval_mode(net: Any) -> Iterator[Any]:
+    """`with eval_mode(net):` runs the block with `net` in eval mode (batch norm on its running
+    statistics, no dropout) and puts it back in the mode it was in, also when the block raises.
+    Objects without train()/eval() (a VAE-like stand-in) pass through unchanged."""
+    was_training = getattr(net, "training", False)
+    if hasattr(net, "eval"):
+        net.eval()
+    try:
+        yield net
+    finally:
+        if hasattr(net, "train"):
+            net.train(was_training)
 
 
 def _build_dcgan(cfg: TrainConfig, channels: int, num_classes: int = 0) -> dict[str, nn.Module]:
