@@ -776,10 +776,11 @@ def create_app(run_dir_or_model: Any = None, *, max_batch: int = 64, max_frames:
     @app.get("/api/info", response_model=InfoResponse, tags=["meta"])
     async def info() -> InfoResponse:
         """What is being served, and the bounds on requests."""
+        steps = model.trained_steps if model.trained_steps is not None else int(model.config.steps)
         return InfoResponse(
             name=name, architecture=model.config.model, family=model.family, resolution=model.resolution,
             channels=model.channels, classes=model.class_names, conditional=conditional, z_dim=model.z_dim,
-            run=model.run_dir.name, data=str(model.config.data), steps=model.trained_steps if model.trained_steps is not None else int(model.config.steps),
+            run=model.run_dir.name, data=str(model.config.data), steps=steps,
             can_reconstruct=model.family == "vae", version=__version__, limits=LimitsModel(**asdict(lim)))
 
     @app.get("/api/directions", response_model=DirectionsResponse, responses={503: ERRORS[503]}, tags=["explore"])
