@@ -166,7 +166,8 @@ class TrainConfig:
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.ema_warmup and self.ema_decay == 0:
-            raise ConfigError("ema_warmup ramps the decay of the EMA of G up to ema_decay; set --ema-decay too (e.g. 0.999)")
+            raise ConfigError("ema_warmup ramps the decay of the EMA of G up to ema_decay; "
+                              "set --ema-decay too (e.g. 0.999)")
         parse_augment(self.augment)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")

@@ -624,9 +624,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                 if cfg.model == "progan":  # grow: (stage, alpha) from the step; the reals faded to match G
                     stage, alpha = set_progan_progress(nets, cfg, state.step)
                     reals = [fade_reals(r, stage, alpha, cfg.resolution) for r in reals]
+                ema_decay = ema_decay_at(state.step, cfg.ema_decay, cfg.ema_warmup)
                 out = gan_step(step_nets["G"], step_nets["D"], opts["G"], opts["D"], reals, cfg.z_dim, loss=cfg.loss,
                                gp_weight=cfg.gp_weight, r1_gamma=cfg.r1_gamma, augment=cfg.augment,
-                               G_ema=nets.get("G_ema"), ema_decay=ema_decay_at(state.step, cfg.ema_decay, cfg.ema_warmup),
+                               G_ema=nets.get("G_ema"), ema_decay=ema_decay,
                                labels=None if labels is None else [labels[j] for j in idx], num_classes=num_classes,
                                scaler=scaler)
             elif cfg.model == "vae_gan":  # fp32 (config.py refuses the rest)

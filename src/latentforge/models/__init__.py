@@ -16,8 +16,8 @@ from .resnet_gan import ResNetGANConfig
 from .vae import VAE, VAEConfig, VAEOutput
 from .vae_gan import PatchDConfig, PatchDiscriminator
 
-__all__ = ["build_networks", "eval_mode", "DCGANConfig", "Generator", "Discriminator", "ResNetGANConfig", "VAE", "VAEConfig",
-           "VAEOutput", "PatchDConfig", "PatchDiscriminator"]
+__all__ = ["build_networks", "eval_mode", "DCGANConfig", "Generator", "Discriminator", "ResNetGANConfig", "VAE",
+           "VAEConfig", "VAEOutput", "PatchDConfig", "PatchDiscriminator"]
 
 
 @contextlib.contextmanager
