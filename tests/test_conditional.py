@@ -19,6 +19,7 @@ from latentforge.checkpoint import read_jsonl
 from latentforge.config import ConfigError, TrainConfig
 from latentforge.export import export
 from latentforge.images import make_grid, read_png_metadata, to_uint8
+from latentforge.losses import aux_class_loss
 from latentforge.models import build_networks
 from latentforge.models.conditional import ConditionalBatchNorm2d
 from latentforge.train import gan_step, generate_images, latents_for_seeds, sample_grid_nrow, train
@@ -179,6 +180,92 @@ def test_conditional_gan_step_trains_the_class_parameters() -> None:
         gan_step(G, D, opt_G, opt_D, real, 8, labels=labels)
     with pytest.raises(ValueError, match="label batches"):
         gan_step(G, D, opt_G, opt_D, [real, real], 8, labels=[labels], num_classes=2)
+
+
+# ------------------------------------------------------------------------------------ AC-GAN
+
+
+def test_aux_class_loss_is_the_mean_negative_log_softmax_of_the_label() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    labels = torch.tensor([0, 1])
+    # -(log softmax(logits_0)[0] + log softmax(logits_1)[1]) / 2, written out
+    lse = [np.log(np.exp(2.0) + np.exp(0.0) + np.exp(-1.0)), np.log(2 * np.exp(0.5) + np.exp(3.0))]
+    expected = -((2.0 - lse[0]) + (0.5 - lse[1])) / 2
+    assert aux_class_loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("model,sn", [("dcgan", False), ("dcgan", True), ("resnet_gan", True)])
+def test_aux_head_returns_class_logits_beside_the_same_logits(model: str, sn: bool) -> None:
+    torch.manual_seed(0)
+    cfg = TrainConfig(model=model, resolution=28, width=8, z_dim=8, spectral_norm=sn, conditional=True,
+                      aux_class_weight=1.0)
+    D = build_networks(cfg, 1, num_classes=3)["D"].eval()
+    x, c = torch.rand(5, 1, 28, 28) * 2 - 1, torch.tensor([0, 1, 2, 0, 1])
+    with torch.no_grad():
+        logits, cls = D(x, c, aux=True)
+        assert torch.equal(logits, D(x, c)) and cls.shape == (5, 3)
+        assert not torch.allclose(cls[0], cls[1])  # per image, from the image's features
+    plain = build_networks(TrainConfig(model=model, resolution=28, width=8, z_dim=8, conditional=True), 1,
+                           num_classes=3)["D"]
+    assert plain.aux is None
+    with pytest.raises(ValueError, match="no auxiliary class head"):
+        plain(x, c, aux=True)
+
+
+def test_aux_class_weight_needs_a_conditional_gan() -> None:
+    with pytest.raises(ConfigError, match="needs a conditional dcgan or resnet_gan"):
+        TrainConfig(model="dcgan", aux_class_weight=1.0)
+    with pytest.raises(ConfigError, match="needs a conditional dcgan or resnet_gan"):
+        TrainConfig(model="vae", conditional=True, aux_class_weight=1.0)
+    with pytest.raises(ConfigError, match=">= 0"):
+        TrainConfig(model="dcgan", conditional=True, aux_class_weight=-1.0)
+    from latentforge.models.dcgan import DCGANConfig
+
+    with pytest.raises(ValueError, match="num_classes > 0"):
+        DCGANConfig(resolution=28, aux_classifier=True)
+
+
+def test_gan_step_adds_the_class_losses_to_d_and_g() -> None:
+    """D's logged class loss is the cross-entropy of the real batch under D before the step, the
+    aux head learns, and G's update changes with the weight (the class loss reaches G)."""
+    import copy
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(model="dcgan", resolution=28, width=8, z_dim=8, conditional=True, aux_class_weight=1.0)
+    nets = build_networks(cfg, 1, num_classes=2)
+    real, labels = torch.rand(8, 1, 28, 28) * 2 - 1, torch.tensor([0, 1] * 4)
+    G_after = {}
+    for w in (0.0, 1.0):
+        G, D = copy.deepcopy(nets["G"]), copy.deepcopy(nets["D"])
+        with torch.no_grad():
+            expected = aux_class_loss(copy.deepcopy(D)(real, labels, aux=True)[1], labels).item()
+        head = D.aux.weight.detach().clone()
+        opt_G, opt_D = torch.optim.Adam(G.parameters(), lr=1e-3), torch.optim.Adam(D.parameters(), lr=1e-3)
+        torch.manual_seed(1)  # the same noise and fake classes for both weights
+        out = gan_step(G, D, opt_G, opt_D, real, 8, labels=labels, num_classes=2, aux_weight=w)
+        G_after[w] = torch.cat([p.detach().flatten() for p in G.parameters()])
+        if w == 0:
+            assert "loss/aux_D" not in out and torch.equal(head, D.aux.weight)  # no class loss: the head is untouched
+        else:
+            assert out["loss/aux_D"] == pytest.approx(expected, rel=1e-5) and np.isfinite(out["loss/aux_G"])
+            assert not torch.equal(head, D.aux.weight)
+    assert not torch.allclose(G_after[0.0], G_after[1.0])
+
+
+def test_aux_run_saves_loads_and_resumes(tiny_npz: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    quiet_train(tiny_cfg(tiny_npz, tmp_path / "straight", aux_class_weight=1.0))
+    quiet_train(tiny_cfg(tiny_npz, tmp_path / "split", steps=3, aux_class_weight=1.0))
+    quiet_train(tiny_cfg(tiny_npz, tmp_path / "split", aux_class_weight=1.0), resume=True)
+    a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("straight", "split"))
+    assert "D.aux.weight" in a and a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    logged = [r for r in read_jsonl(tmp_path / "straight" / "metrics.jsonl") if r.get("kind") == "train"]
+    assert logged and all("loss/aux_D" in r and "loss/aux_G" in r for r in logged)
+    m = latentforge.load(tmp_path / "straight", device="cpu")
+    assert m.sample(4, classes="disc").shape == (4, 28, 28, 1)
 
 
 def test_sample_grid_shows_one_class_per_column() -> None:

@@ -71,6 +71,7 @@ class TrainConfig:
 
     # class conditioning on the data's labels (GAN: conditional BN in G + projection D; VAE: CVAE)
     conditional: bool = False
+    aux_class_weight: float = 0.0  # conditional dcgan/resnet_gan: AC-GAN class loss weight (Odena et al. 2017); 0 = off
     # divergence guard (guard.py): only observes a healthy run, which trains identically with it on or off
     guard: bool = True  # on a NaN/inf loss or a collapsed G: roll back to the last good state, lower the lrs, go on
     guard_every: int = 100  # steps between checks (weights finite; GANs: G's sample diversity) and snapshots
@@ -169,6 +170,7 @@ class TrainConfig:
             raise ConfigError("ema_warmup ramps the decay of the EMA of G up to ema_decay; "
                               "set --ema-decay too (e.g. 0.999)")
         parse_augment(self.augment)
+        self._check_aux_class()
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.precision == "fp16" and (self.gp_weight > 0 or self.r1_gamma > 0):
@@ -200,6 +202,13 @@ class TrainConfig:
         if self.z_dim <= 0:
             raise ConfigError(f"z_dim must be positive, got {self.z_dim}")
         self._check_progan_upsampler()
+
+    def _check_aux_class(self) -> None:
+        if self.aux_class_weight < 0:
+            raise ConfigError(f"aux_class_weight must be >= 0, got {self.aux_class_weight}")
+        if self.aux_class_weight > 0 and not (self.conditional and self.model in ("dcgan", "resnet_gan")):
+            raise ConfigError("aux_class_weight (the AC-GAN class loss) needs a conditional dcgan or resnet_gan: "
+                              f"add --conditional (model {self.model!r}, conditional={self.conditional})")
 
     def _check_progan_upsampler(self) -> None:
         if self.stage_images <= 0:

@@ -144,6 +144,17 @@ def d_loss_wasserstein_drift(real_logits: torch.Tensor, fake_logits: torch.Tenso
     return d_loss_wasserstein(real_logits, fake_logits) + DRIFT_EPSILON * real_logits.pow(2).mean()
 
 
+def aux_class_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The AC-GAN class term: -E[log softmax(class_logits)[label]], the cross-entropy of D's
+    auxiliary class head (N, K) against the class indices (N,). D minimizes it on real images
+    (it learns to classify the data), G on its own images with the classes it was asked for (it
+    learns to make images that D recognizes as those classes). Odena et al. 2017, eq. 2 (L_C);
+    there D's class loss also covers the generated images, here it takes the real ones only. The
+    term pulls G towards easily classified images, at some cost in diversity (Shu et al. 2017,
+    "AC-GAN learns a biased distribution"; Gong et al. 2019, TAC-GAN).  (N, K), (N,) -> ()"""
+    return F.cross_entropy(class_logits, labels)
+
+
 # name -> (discriminator loss, generator loss); the `loss` field of TrainConfig picks one
 GAN_LOSSES = {
     "ns": (d_loss_nonsaturating, g_loss_nonsaturating),

@@ -33,7 +33,8 @@ from .config import ConfigError, TrainConfig, read_run_config
 from .images import save_grid, to_float, to_uint8
 from .augment import diff_augment
 from .guard import Guard, Problem, TrainingDiverged
-from .losses import GAN_LOSSES, adaptive_adv_weight, feature_matching, gradient_penalty, negative_elbo, r1_penalty
+from .losses import (GAN_LOSSES, adaptive_adv_weight, aux_class_loss, feature_matching, gradient_penalty,
+                     negative_elbo, r1_penalty)
 from .models import build_networks, eval_mode
 from .models.progan import fade_reals, progan_schedule
 from .models.upsampler import area_downsample, comparison_rows
@@ -120,7 +121,8 @@ def gan_step(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, opt_D: to
              real: torch.Tensor | Sequence[torch.Tensor], z_dim: int, *, loss: str = "ns", gp_weight: float = 0.0,
              r1_gamma: float = 0.0, augment: str = "", G_ema: nn.Module | None = None,
              ema_decay: float = 0.0, labels: torch.Tensor | Sequence[torch.Tensor] | None = None,
-             num_classes: int = 0, scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+             num_classes: int = 0, aux_weight: float = 0.0,
+             scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
     """One GAN step: D update(s) on real vs fake, then G against the new D, then the EMA of G.
 
     `real` is one batch per D step (a single tensor = one D step; n_critic = the number of batches).
@@ -131,7 +133,9 @@ def gan_step(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, opt_D: to
 
     Conditional GANs: `labels` holds the (B,) class indices of each real batch (same layout as
     `real`); each fake batch gets classes drawn uniformly from [0, num_classes), which both G
-    and D see. The gradient penalty is taken with the real batch's classes.
+    and D see. The gradient penalty is taken with the real batch's classes. `aux_weight` > 0
+    (a D with the AC-GAN class head) adds aux_weight * losses.aux_class_loss: to D's loss on the
+    real images and their labels, to G's loss on its images and the classes they were made for.
     """
     d_loss_fn, g_loss_fn = GAN_LOSSES[loss]
     scaler = scaler or _NO_LOSS_SCALING
@@ -150,10 +154,17 @@ def gan_step(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, opt_D: to
         if r1_gamma > 0:  # R1 differentiates D(x) w.r.t. the (augmented) image D sees
             real_in = real_in.detach().requires_grad_(True)
         fake_in = aug(fake.detach())
-        real_logits, fake_logits = D(real_in, c_real), D(fake_in, c_fake)
+        if aux_weight > 0:  # AC-GAN: D also classifies the real images
+            real_logits, real_cls = D(real_in, c_real, aux=True)
+            aux_D = aux_class_loss(real_cls, c_real)
+            logs["loss/aux_D"] = aux_D.item()
+        else:
+            real_logits, aux_D = D(real_in, c_real), 0.0
+        fake_logits = D(fake_in, c_fake)
         loss_D = d_loss_fn(real_logits, fake_logits)
         D_of_x = D if c_real is None else (lambda x: D(x, c_real))  # noqa: B023 - used at once, in this step
-        total_D = loss_D + _d_penalties(D_of_x, real_in, fake_in, real_logits, gp_weight, r1_gamma, logs)
+        total_D = (loss_D + aux_weight * aux_D
+                   + _d_penalties(D_of_x, real_in, fake_in, real_logits, gp_weight, r1_gamma, logs))
         opt_D.zero_grad(set_to_none=True)
         scaler.scale(total_D).backward()  # = total_D.backward() unless --precision fp16
         scaler.step(opt_D)
@@ -161,8 +172,13 @@ def gan_step(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, opt_D: to
 
     # 2. generator: fool the just-updated discriminator, on the last D step's fakes
     with distributed.no_grad_sync(D):  # D's gradients from this step are thrown away: not averaged over ranks
-        gen_logits = D(aug(fake), c_fake)
-    loss_G = g_loss_fn(gen_logits)
+        if aux_weight > 0:  # AC-GAN: G is also scored on D recognizing the classes it was asked for
+            gen_logits, gen_cls = D(aug(fake), c_fake, aux=True)
+            aux_G = aux_class_loss(gen_cls, c_fake)
+            logs["loss/aux_G"] = aux_G.item()
+        else:
+            gen_logits, aux_G = D(aug(fake), c_fake), 0.0
+    loss_G = g_loss_fn(gen_logits) + aux_weight * aux_G
     opt_G.zero_grad(set_to_none=True)
     scaler.scale(loss_G).backward()
     scaler.step(opt_G)
@@ -629,7 +645,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                                gp_weight=cfg.gp_weight, r1_gamma=cfg.r1_gamma, augment=cfg.augment,
                                G_ema=nets.get("G_ema"), ema_decay=ema_decay,
                                labels=None if labels is None else [labels[j] for j in idx], num_classes=num_classes,
-                               scaler=scaler)
+                               aux_weight=cfg.aux_class_weight, scaler=scaler)
             elif cfg.model == "vae_gan":  # fp32 (config.py refuses the rest)
                 real = to_float(images[distributed.batch_slice(order.indices(state.step))])  # (B, C, H, W) in [-1, 1]
                 out = vae_gan_step(step_nets["vae"], step_nets["D"], opts["vae"], opts["D"], real, cfg, state.step)

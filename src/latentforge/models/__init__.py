@@ -37,14 +37,15 @@ def eval_mode(net: Any) -> Iterator[Any]:
 
 def _build_dcgan(cfg: TrainConfig, channels: int, num_classes: int = 0) -> dict[str, nn.Module]:
     mc = DCGANConfig(resolution=cfg.resolution, img_channels=channels, z_dim=cfg.z_dim, width=cfg.width,
-                     spectral_norm=cfg.spectral_norm, num_classes=num_classes)
+                     spectral_norm=cfg.spectral_norm, num_classes=num_classes,
+                     aux_classifier=cfg.aux_class_weight > 0)
     return {"G": Generator(mc), "D": Discriminator(mc)}
 
 
 def _build_resnet_gan(cfg: TrainConfig, channels: int, num_classes: int = 0) -> dict[str, nn.Module]:
     # D is always spectrally normalized (SN-GAN), so cfg.spectral_norm changes nothing here
     mc = ResNetGANConfig(resolution=cfg.resolution, img_channels=channels, z_dim=cfg.z_dim, width=cfg.width,
-                         num_classes=num_classes)
+                         num_classes=num_classes, aux_classifier=cfg.aux_class_weight > 0)
     return {"G": resnet_gan.Generator(mc), "D": resnet_gan.Discriminator(mc)}
 
 

@@ -5,10 +5,15 @@
                              language"; Miyato & Koyama 2018, "cGANs with Projection Discriminator")
     check_labels             the contract of a class-label argument `c`
     check_images             the contract of an image batch `x` (every network's input check)
+    check_aux_classifier     an AC-GAN class head (Odena et al. 2017) needs a conditional D
+    check_aux_request        D(x, c, aux=True) needs a D built with that head
 
 The projection discriminator itself (Miyato & Koyama 2018, eq. 3) is one line in each
 discriminator's forward: logit = psi(phi(x)) + <embed(c), phi(x)>, with phi(x) that
-discriminator's last features; see dcgan.py and resnet_gan.py.
+discriminator's last features; see dcgan.py and resnet_gan.py. With `aux_classifier` the same
+phi(x) also feeds a linear class head (AC-GAN, Odena et al. 2017, "Conditional Image Synthesis
+with Auxiliary Classifier GANs"): D(x, c, aux=True) returns (logits, class logits); the training
+step adds a cross-entropy on them (train.gan_step's aux_weight).
 """
 
 from __future__ import annotations
@@ -38,6 +43,18 @@ def check_labels(c: torch.Tensor | None, n: int, num_classes: int, who: str) -> 
         raise ValueError(f"c must be an int64 tensor of shape ({n},), got {c.dtype} {tuple(c.shape)}")
     if n and c.device.type == "cpu" and (int(c.min()) < 0 or int(c.max()) >= num_classes):  # no GPU sync
         raise ValueError(f"class indices must lie in [0, {num_classes}), got {c.min().item()}..{c.max().item()}")
+
+
+def check_aux_classifier(aux_classifier: bool, num_classes: int) -> None:
+    """An AC-GAN class head predicts the data's classes: it needs num_classes > 0."""
+    if aux_classifier and num_classes == 0:
+        raise ValueError("aux_classifier needs a class-conditional discriminator (num_classes > 0)")
+
+
+def check_aux_request(aux: bool, head: nn.Module | None) -> None:
+    """D(x, c, aux=True) is only possible for a D that has the AC-GAN class head."""
+    if aux and head is None:
+        raise ValueError("this discriminator has no auxiliary class head; build it with aux_classifier=True")
 
 
 class ConditionalBatchNorm2d(nn.Module):

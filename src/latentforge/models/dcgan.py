@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .conditional import ConditionalBatchNorm2d, check_images, check_labels
+from .conditional import ConditionalBatchNorm2d, check_aux_classifier, check_aux_request, check_images, check_labels
 
 SUPPORTED = (28, 32, 64, 128)
 
@@ -59,6 +59,7 @@ class DCGANConfig:
     width: int = 64  # ngf = ndf: channels of the layer next to the image; doubled per layer inward
     spectral_norm: bool = False  # discriminator: spectral norm on every conv, no batch norm (SN-GAN)
     num_classes: int = 0  # 0 = unconditional; K > 0: conditional BN in G, projection in D
+    aux_classifier: bool = False  # conditional only: D also gets an AC-GAN class head (Odena et al. 2017)
 
     def __post_init__(self) -> None:
         layout(self.resolution)  # raises on an unsupported resolution
@@ -66,6 +67,7 @@ class DCGANConfig:
             raise ValueError(f"img_channels must be 1 or 3, got {self.img_channels}")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+        check_aux_classifier(self.aux_classifier, self.num_classes)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -131,18 +133,24 @@ class Discriminator(nn.Module):
         self.embed = nn.Embedding(cfg.num_classes, ch * base * base) if cfg.num_classes else None
         if self.embed is not None:
             nn.init.normal_(self.embed.weight, 0.0, 0.02)
+        # AC-GAN head: class logits from the same features phi(x)
+        self.aux = nn.Linear(ch * base * base, cfg.num_classes) if cfg.aux_classifier else None
         if cfg.spectral_norm:  # after init: the parametrization wraps the initialized weight
-            for m in [*self.net, self.embed]:
+            for m in [*self.net, self.embed, self.aux]:
                 if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):
                     nn.utils.parametrizations.spectral_norm(m)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """images (N, C, res, res), c (N,) int64 class indices (None when unconditional) -> logits (N,)."""
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None,
+                aux: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """images (N, C, res, res), c (N,) int64 class indices (None when unconditional) -> logits (N,).
+        aux=True (a D built with aux_classifier): (logits (N,), class logits (N, num_classes))."""
         r, ch = self.cfg.resolution, self.cfg.img_channels
         check_images(x, ch, r)
         check_labels(c, x.shape[0], self.cfg.num_classes, "DCGAN")
+        check_aux_request(aux, self.aux)
         if self.embed is None:
             return self.net(x).flatten()
         phi = self.net[:-1](x)  # (N, ch, base, base): the features the last conv reads
         logit = self.net[-1](phi).flatten()  # psi(phi(x)), (N,)
-        return logit + (self.embed(c) * phi.flatten(1)).sum(1)  # + <embed(c), phi(x)>
+        logit = logit + (self.embed(c) * phi.flatten(1)).sum(1)  # + <embed(c), phi(x)>
+        return (logit, self.aux(phi.flatten(1))) if aux else logit

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conditional import ConditionalBatchNorm2d, check_images, check_labels
+from .conditional import ConditionalBatchNorm2d, check_aux_classifier, check_aux_request, check_images, check_labels
 from .dcgan import layout
 
 
@@ -50,6 +50,7 @@ class ResNetGANConfig:
     z_dim: int = 128  # latent size (SN-GAN: 128)
     width: int = 128  # channels of every residual block, in G and D (SN-GAN CIFAR: 256 in G, 128 in D)
     num_classes: int = 0  # 0 = unconditional; K > 0: conditional BN in G, projection in D
+    aux_classifier: bool = False  # conditional only: D also gets an AC-GAN class head (Odena et al. 2017)
 
     def __post_init__(self) -> None:
         layout(self.resolution)  # raises on an unsupported resolution
@@ -59,6 +60,7 @@ class ResNetGANConfig:
             raise ValueError(f"z_dim and width must be positive, got {self.z_dim} and {self.width}")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+        check_aux_classifier(self.aux_classifier, self.num_classes)
 
 
 def _xavier(module: nn.Module, gain: float) -> nn.Module:
@@ -154,17 +156,21 @@ class Discriminator(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.linear = _xavier(nn.Linear(w, 1), 1.0)  # psi
         self.embed = _xavier(nn.Embedding(cfg.num_classes, w), 1.0) if cfg.num_classes else None
+        self.aux = _xavier(nn.Linear(w, cfg.num_classes), 1.0) if cfg.aux_classifier else None  # AC-GAN head
         for m in self.modules():  # spectral norm on every layer, after init: it wraps the initialized weight
             if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):
                 nn.utils.parametrizations.spectral_norm(m)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """images (N, C, res, res), c (N,) int64 class indices or None -> logits (N,)."""
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None,
+                aux: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """images (N, C, res, res), c (N,) int64 class indices or None -> logits (N,).
+        aux=True (a D built with aux_classifier): (logits (N,), class logits (N, num_classes))."""
         r, ch = self.cfg.resolution, self.cfg.img_channels
         check_images(x, ch, r)
         check_labels(c, x.shape[0], self.cfg.num_classes, "ResNet discriminator")
+        check_aux_request(aux, self.aux)
         phi = F.relu(self.blocks(x)).sum(dim=(2, 3))  # (N, w): global sum pooling
         logit = self.linear(phi).flatten()  # psi(phi(x)), (N,)
         if self.embed is not None:  # projection: + <embed(c), phi(x)>
             logit = logit + (self.embed(c) * phi).sum(1)
-        return logit
+        return (logit, self.aux(phi)) if aux else logit
