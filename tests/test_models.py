@@ -3,6 +3,7 @@ one training step changes the weights."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -16,7 +17,7 @@ from latentforge.losses import (
 from latentforge.models import build_networks
 from latentforge.models.dcgan import DCGANConfig, Discriminator, Generator, layout
 from latentforge.models.vae import VAE, VAEConfig
-from latentforge.train import gan_step, vae_step
+from latentforge.train import frozen, gan_step, vae_step
 
 RESOLUTIONS = (28, 32, 64, 128)
 
@@ -123,6 +124,53 @@ def test_one_gan_step_changes_both_networks() -> None:
     assert all(math.isfinite(v) for v in out.values())
     assert all(not torch.equal(a, b) for a, b in zip(g0, _params(G)))
     assert all(not torch.equal(a, b) for a, b in zip(d0, _params(D)))
+
+
+def test_gan_step_equals_the_written_out_dcgan_step() -> None:
+    """gan_step freezes D in G's half (no weight gradients for D there); the result must be the
+    plain DCGAN step, where D's weights get a gradient in G's half too, that is then thrown away."""
+    cfg = TrainConfig(model="dcgan", resolution=28, z_dim=8, width=8)
+    torch.manual_seed(0)
+    nets = build_networks(cfg, channels=1)
+    ref = {k: copy.deepcopy(v) for k, v in nets.items()}
+    real = torch.rand(6, 1, 28, 28) * 2 - 1
+
+    def adam(net: torch.nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+    torch.manual_seed(1)
+    gan_step(nets["G"], nets["D"], adam(nets["G"]), adam(nets["D"]), real, z_dim=8)
+
+    G, D, opt_G, opt_D = ref["G"], ref["D"], adam(ref["G"]), adam(ref["D"])
+    torch.manual_seed(1)
+    fake = G(torch.randn(6, 8))
+    opt_D.zero_grad()
+    d_loss_nonsaturating(D(real), D(fake.detach())).backward()
+    opt_D.step()
+    opt_G.zero_grad()
+    g_loss_nonsaturating(D(fake)).backward()
+    assert all(p.grad is not None for p in D.parameters())  # the plain step computes D's, unused
+    opt_G.step()
+    for name in ("G", "D"):
+        for a, b in zip(nets[name].parameters(), ref[name].parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+
+def test_frozen_passes_input_gradients_and_restores_only_what_it_froze() -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
+    net[0].bias.requires_grad_(False)  # frozen before: must stay frozen after
+    x = torch.randn(5, 3, requires_grad=True)
+    (expected,) = torch.autograd.grad(net(x).sum(), x)
+    with frozen(net):
+        assert not any(p.requires_grad for p in net.parameters())
+        y = net(x).sum()
+    y.backward()  # the graph was built while frozen: no weight gradients even after leaving
+    torch.testing.assert_close(x.grad, expected)
+    assert all(p.grad is None for p in net.parameters())
+    assert [p.requires_grad for p in net.parameters()] == [True, False, True, True]
+    with pytest.raises(RuntimeError, match="boom"), frozen(net):
+        raise RuntimeError("boom")
+    assert [p.requires_grad for p in net.parameters()] == [True, False, True, True]
 
 
 def test_one_vae_step_changes_weights_and_reports_parts() -> None:

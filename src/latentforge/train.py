@@ -15,6 +15,7 @@ a collapsed generator it rolls back to the last good state and lowers the learni
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import signal
@@ -100,6 +101,24 @@ class BatchOrder:
 # ---------------------------------------------------------------------------- the step functions
 
 
+@contextlib.contextmanager
+def frozen(net: nn.Module) -> Any:
+    """Inside: `net`'s parameters do not require gradients; on leaving, those that did, do again.
+
+    For the discriminator in the generator's half of a step: the generator's loss still
+    back-propagates through D to the images, but D's weight gradients, which that step would
+    throw away, are not computed at all. The generator's gradients are the same to the bit; the
+    step is ~10% faster for the DCGAN at 28 px (benchmarks/train.md)."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield net
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def _d_penalties(D_of_x: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
                  real_logits: torch.Tensor, gp_weight: float, r1_gamma: float, logs: dict[str, float],
                  r1_input: torch.Tensor | None = None) -> torch.Tensor | float:
@@ -170,8 +189,9 @@ def gan_step(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer, opt_D: to
         scaler.step(opt_D)
         scaler.update()
 
-    # 2. generator: fool the just-updated discriminator, on the last D step's fakes
-    with distributed.no_grad_sync(D):  # D's gradients from this step are thrown away: not averaged over ranks
+    # 2. generator: fool the just-updated discriminator, on the last D step's fakes; D is frozen:
+    #    the gradient flows through it to the images, none is computed for its weights
+    with frozen(D), distributed.no_grad_sync(D):
         if aux_weight > 0:  # AC-GAN: G is also scored on D recognizing the classes it was asked for
             gen_logits, gen_cls = D(aug(fake), c_fake, aux=True)
             aux_G = aux_class_loss(gen_cls, c_fake)
@@ -240,7 +260,7 @@ def upsampler_step(U: nn.Module, D: nn.Module, opt_U: torch.optim.Optimizer, opt
         scaler.update()
 
     # 2. upsampler: fool the just-updated D and stay close to the real image (L1)
-    with distributed.no_grad_sync(D):  # D's gradients from this step are thrown away: not averaged over ranks
+    with frozen(D), distributed.no_grad_sync(D):  # no gradients for D's weights in U's half
         adv = g_loss_fn(D(fake, low))
     l1 = (fake - real_i).abs().mean()
     loss_U = adv + recon_weight * l1
@@ -338,24 +358,23 @@ def vae_gan_step(vae: nn.Module, D: PatchDiscriminator, opt_vae: torch.optim.Opt
     recon = core.to_image(out.decoded)  # (B, C, H, W) in [-1, 1]
     prior = core.decode(torch.randn_like(out.mu))  # (B, C, H, W) in [-1, 1]
     fakes = torch.cat([recon, prior])  # (2B, C, H, W): one D call, one set of batch statistics
-    D.requires_grad_(False)
-    fake_logits, fake_feats = D_core.forward_features(fakes)  # (2B, 1, g, g), hidden features
-    adv = g_loss_fn(fake_logits[:B]) + g_loss_fn(fake_logits[B:])
-    w = torch.tensor(cfg.adv_weight, device=real.device)
-    if cfg.adv_adaptive and cfg.adv_weight > 0:
-        w_ranks = adaptive_adv_weight(parts.recon, adv, decoder_last_layer(core))
-        w = w * distributed.mean_over_ranks({"w": w_ranks.item()})["w"]
-    total = parts.total + w * adv
-    if cfg.fm_weight > 0:
-        with torch.no_grad():
-            _, real_feats = D_core.forward_features(real)  # the target features
-        fm = feature_matching(real_feats, [f[:B] for f in fake_feats]).mean()
-        total = total + cfg.fm_weight * real[0].numel() * fm
-        logs["loss/fm"] = fm.item()
-    opt_vae.zero_grad(set_to_none=True)
-    total.backward()
-    opt_vae.step()
-    D.requires_grad_(True)
+    with frozen(D):  # D's weights get no gradient from the VAE's loss
+        fake_logits, fake_feats = D_core.forward_features(fakes)  # (2B, 1, g, g), hidden features
+        adv = g_loss_fn(fake_logits[:B]) + g_loss_fn(fake_logits[B:])
+        w = torch.tensor(cfg.adv_weight, device=real.device)
+        if cfg.adv_adaptive and cfg.adv_weight > 0:
+            w_ranks = adaptive_adv_weight(parts.recon, adv, decoder_last_layer(core))
+            w = w * distributed.mean_over_ranks({"w": w_ranks.item()})["w"]
+        total = parts.total + w * adv
+        if cfg.fm_weight > 0:
+            with torch.no_grad():
+                _, real_feats = D_core.forward_features(real)  # the target features
+            fm = feature_matching(real_feats, [f[:B] for f in fake_feats]).mean()
+            total = total + cfg.fm_weight * real[0].numel() * fm
+            logs["loss/fm"] = fm.item()
+        opt_vae.zero_grad(set_to_none=True)
+        total.backward()
+        opt_vae.step()
 
     # 2. the discriminator: real up, reconstructions and prior samples down (no gradient to the VAE)
     loss_D = d_loss_fn(D(real), D(fakes.detach()))

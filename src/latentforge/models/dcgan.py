@@ -79,6 +79,28 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+class LatentProjection(nn.ConvTranspose2d):
+    """The generator's first layer, ConvTranspose2d(z_dim, ch, kernel=base) on a 1x1 input, computed
+    as the matrix product it is: out[n, c, i, j] = sum_k z[n, k] W[k, c, i, j]. Same parameters and
+    state dict as the transposed conv, ~4x faster forward + backward on a CPU (benchmarks/train.md)."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if x.shape[-2:] != (1, 1):
+            return super().forward(x, output_size)
+        return (x.flatten(1) @ self.weight.flatten(1)).view(x.shape[0], self.out_channels, *self.kernel_size)
+
+
+class Collapse(nn.Conv2d):
+    """The discriminator's last layer, Conv2d(ch, 1, kernel=base) on a base x base map, computed as
+    the dot product it is: out[n] = <x[n], W[0]>. Same parameters and state dict as the conv (spectral
+    norm included: self.weight is the parametrized weight)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != self.kernel_size or self.padding != (0, 0):
+            return super().forward(x)
+        return (x.flatten(1) @ self.weight.flatten(1).t()).view(x.shape[0], self.out_channels, 1, 1)
+
+
 class Generator(nn.Module):
     def __init__(self, cfg: DCGANConfig):
         super().__init__()
@@ -88,7 +110,7 @@ class Generator(nn.Module):
         k = cfg.num_classes
         norm = (lambda n: ConditionalBatchNorm2d(n, k)) if k else nn.BatchNorm2d  # noqa: E731
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(cfg.z_dim, ch, base, 1, 0, bias=False),  # (N, ch, base, base)
+            LatentProjection(cfg.z_dim, ch, base, 1, 0, bias=False),  # (N, ch, base, base)
             norm(ch),
             nn.ReLU(True),
         ]
@@ -126,7 +148,7 @@ class Discriminator(nn.Module):
             norm = nn.Identity() if cfg.spectral_norm else nn.BatchNorm2d(ch * 2)
             layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), norm, nn.LeakyReLU(0.2, inplace=True)]
             ch *= 2
-        layers += [nn.Conv2d(ch, 1, base, 1, 0, bias=False)]  # (N, 1, 1, 1): one logit per image
+        layers += [Collapse(ch, 1, base, 1, 0, bias=False)]  # (N, 1, 1, 1): one logit per image
         self.net = nn.Sequential(*layers)
         self.apply(init_weights)
         # projection (conditional only): one embedding row per class, as long as phi(x) = the last conv's input
