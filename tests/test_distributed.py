@@ -355,6 +355,45 @@ def test_bf16_and_channels_last_train_and_keep_float32_weights(tmp_path: Path) -
     assert all(torch.allclose(wcl[k].float(), w32[k].float(), atol=1e-4) for k in w32)
 
 
+def test_precision_auto_resolves_once_and_config_json_keeps_the_choice(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """--precision auto trains exactly as the precision it resolves to (bf16 where the device has native
+    bfloat16, else fp32), writes that precision into config.json, and a resume keeps it."""
+    from safetensors.torch import load_file
+
+    from latentforge.config import read_run_config
+    from latentforge.train import train
+
+    data = write_id_npz(tmp_path / "ids.npz")
+    quiet = {"progress": False, "log": lambda m: None}
+    for name, precision in {"fp32": "fp32", "bf16": "bf16"}.items():
+        train(TrainConfig(**cfg(data, tmp_path / name, steps=2, precision=precision)), **quiet)
+    for native, same_as in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(acceleration, "native_bf16", lambda device, native=native: native)
+        out, logged = tmp_path / f"auto-{same_as}", []
+        train(TrainConfig(**cfg(data, out, steps=2, precision="auto")), progress=False, log=logged.append)
+        assert read_run_config(out)[0].precision == same_as
+        assert any(m.startswith(f"precision auto -> {same_as}: ") for m in logged), logged
+        w, ref = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / same_as / "model.safetensors"))
+        assert set(w) == set(ref) and all(torch.equal(w[k], ref[k]) for k in w), same_as
+        assert losses(out) == losses(tmp_path / same_as)
+    monkeypatch.setattr(acceleration, "native_bf16", lambda device: False)  # resumed on a machine without bf16
+    train(TrainConfig(**cfg(data, tmp_path / "auto-bf16", steps=3, precision="auto")), resume=True, **quiet)
+    assert read_run_config(tmp_path / "auto-bf16")[0].precision == "bf16"  # the run's own choice, not re-resolved
+
+
+def test_precision_auto_choices() -> None:
+    cpu = torch.device("cpu")
+    assert acceleration.resolve_precision(TrainConfig(precision="fp32"), cpu) == ("fp32", "as asked")
+    assert acceleration.resolve_precision(TrainConfig(model="vae_gan", precision="auto"), cpu)[0] == "fp32"
+    assert not acceleration.native_bf16(torch.device("meta"))
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else None
+    if flags is not None:  # torch's CPUID probes agree with the kernel's view of this CPU
+        assert acceleration.native_bf16(cpu) == bool({"amx_tile", "avx512_bf16"} & set(flags))
+    with pytest.raises(ValueError, match="resolved first"):
+        acceleration.autocast_view(nn.Conv2d(1, 1, 1), "auto", channels_last=False, device=cpu)
+
+
 def test_autocast_view_and_refusals() -> None:
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())
     view = acceleration.autocast_view(net, "bf16", channels_last=False, device=torch.device("cpu"))

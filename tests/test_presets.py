@@ -35,6 +35,7 @@ def test_fast_cpu_values_and_name_are_in_the_config() -> None:
     assert (cfg.model, cfg.resolution, cfg.width, cfg.loss, cfg.spectral_norm) == ("dcgan", 28, 64, "ns", False)
     assert (cfg.lr, cfg.lr_d, cfg.beta1, cfg.beta2, cfg.ema_decay) == (2e-4, 2e-4, 0.5, 0.999, 0.999)
     assert (cfg.batch_size, cfg.max_minutes, cfg.preset, cfg.data) == (64, 30.0, "fast-cpu", "mnist")
+    assert cfg.precision == "auto"  # bf16 where the CPU has native bfloat16 (acceleration.resolve_precision)
     assert preset_config("fast-cpu", width=16, lr=1e-4).width == 16  # keywords beat the preset
 
 

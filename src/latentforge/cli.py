@@ -127,7 +127,7 @@ def train(
     upsample_factor: int = typer.Option(2, help="upsampler: 2 or 4; --res is the output size, the input is --res / factor."),
     recon_weight: float = typer.Option(100.0, help="upsampler: weight of the L1 term to the real high-res image (pix2pix uses 100)."),
     device: str = typer.Option("auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps. Under torchrun each process uses cuda:LOCAL_RANK (or the CPU)."),
-    precision: str = typer.Option("fp32", help="fp32; bf16 (autocast to bfloat16, no loss scaling needed); fp16 (autocast + loss scaling, CUDA only). See docs/DISTRIBUTED.md."),
+    precision: str = typer.Option("fp32", help="fp32; bf16 (autocast to bfloat16, no loss scaling needed); fp16 (autocast + loss scaling, CUDA only); auto (bf16 where the GPU or CPU computes it natively, else fp32). See docs/DISTRIBUTED.md."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks (the first steps compile; slow to compile on a CPU)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="Channels-last (NHWC) memory for weights and activations: faster convolutions on GPUs."),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="Under torchrun: batch-norm statistics over the global batch instead of each process's share (then N processes train like one)."),

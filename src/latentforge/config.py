@@ -19,7 +19,7 @@ VAE_FAMILY = ("vae", "vae_gan")  # models with an encoder and a decoder (the "va
 RECON_LOSSES = ("bce", "mse")
 GAN_LOSS_NAMES = ("ns", "hinge", "wgan", "wgan-drift")
 AUGMENT_POLICIES = ("color", "translation", "cutout")  # DiffAugment (Zhao et al. 2020); see augment.py
-PRECISIONS = ("fp32", "bf16", "fp16")  # see acceleration.py
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # see acceleration.py; "auto" is resolved when training starts
 KL_SCHEDULES = ("linear", "cyclical")  # KL weight schedules of the VAE; see vae_tools.kl_weight
 FIT_MODES = ("crop", "pad")  # non-square images: center crop, or pad to a square (see data.py)
 DATA_STORAGES = ("auto", "ram", "disk")  # where the decoded data set lives while training (see data.py)
@@ -114,7 +114,8 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
 
     # speed and scale-out (acceleration.py, distributed.py); the defaults change nothing
-    precision: str = "fp32"  # "fp32"; "bf16": autocast to bfloat16; "fp16": autocast + loss scaling (CUDA)
+    precision: str = "fp32"  # "fp32"; "bf16": autocast to bfloat16; "fp16": autocast + loss scaling (CUDA);
+    # "auto": bf16 where the device computes it natively, else fp32 (config.json keeps the choice made)
     compile: bool = False  # torch.compile the trained networks
     channels_last: bool = False  # NHWC memory order for weights and activations
     sync_bn: bool = False  # several processes: batch-norm statistics over the global batch, not per rank
@@ -238,7 +239,7 @@ class TrainConfig:
             return
         if self.loss not in ("ns", "hinge"):
             raise ConfigError(f"model vae_gan trains its discriminator with loss ns or hinge, got {self.loss!r}")
-        unsupported = {"conditional": self.conditional, "precision": self.precision != "fp32", "compile": self.compile,
+        unsupported = {"conditional": self.conditional, "precision": self.precision not in ("fp32", "auto"), "compile": self.compile,
                        "gp_weight": self.gp_weight != 0, "r1_gamma": self.r1_gamma != 0, "n_critic": self.n_critic != 1,
                        "ema_decay": self.ema_decay != 0, "augment": self.augment != ""}
         bad = [name for name, set_ in unsupported.items() if set_]

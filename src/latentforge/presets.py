@@ -33,7 +33,8 @@ def fast_cpu() -> dict[str, Any]:
     scored FID 19.7 and 95.9% (benchmarks/quality.md).
     """
     return dict(model="dcgan", resolution=28, width=64, loss="ns", spectral_norm=False, ema_decay=0.999,
-                lr=2e-4, beta1=0.5, beta2=0.999, n_critic=1, batch_size=64, steps=1_000_000, max_minutes=30.0)
+                lr=2e-4, beta1=0.5, beta2=0.999, n_critic=1, batch_size=64, steps=1_000_000, max_minutes=30.0,
+                precision="auto")
 
 
 def quality() -> dict[str, Any]:

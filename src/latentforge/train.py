@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import signal
 import threading
@@ -516,9 +517,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     device = distributed.setup(resolve_device(cfg.device))  # under torchrun: join the job, cuda:LOCAL_RANK
     distributed.barrier()  # every rank has checked --out before rank 0 writes into it
     distributed.check_batch_size(cfg.batch_size)
-    acceleration.check(cfg, device)
     if not distributed.is_main():  # rank 0 alone logs and writes files
         log, progress = (lambda m: None), False
+    if cfg.precision == "auto":  # decided once, here; config.json keeps the choice
+        precision, why = acceleration.resolve_precision(cfg, device)
+        cfg = dataclasses.replace(cfg, precision=precision)
+        log(f"precision auto -> {precision}: {why}")
+    acceleration.check(cfg, device)
     torch.manual_seed(cfg.seed)
 
     data = load_images(cfg.data, res=cfg.resolution, channels=cfg.channels, crop=FIT_MODES[cfg.fit],
