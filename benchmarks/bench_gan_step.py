@@ -24,13 +24,14 @@ import contextlib
 import copy
 import json
 import os
-import platform
 import statistics
 import time
 from unittest import mock
 
 import torch
 from torch import nn
+
+from machine import machine_info
 
 from latentforge import acceleration
 from latentforge import train as train_module
@@ -56,7 +57,7 @@ def time_steps(G: nn.Module, D: nn.Module, steps: int, args: argparse.Namespace,
     gen = torch.Generator().manual_seed(0)
     real = torch.rand(args.batch_size, 1, args.res, args.res, generator=gen) * 2 - 1
     labels = torch.randint(max(args.classes, 1), (args.batch_size,), generator=gen) if args.classes else None
-    z_dim = getattr(G, "net", G).cfg.z_dim  # G itself or its autocast view
+    z_dim = DCGANConfig().z_dim
     no_freeze = mock.patch.object(train_module, "frozen", lambda net: contextlib.nullcontext(net))
     with contextlib.nullcontext() if freeze else no_freeze:
         for i in range(steps + 3):
@@ -101,8 +102,7 @@ def main() -> int:
     base, new = list(med)
     result = {"args": vars(args), "ms_per_step": {k: [round(x * 1e3, 2) for x in v] for k, v in rows.items()},
               "median_ms": {k: round(v * 1e3, 2) for k, v in med.items()}, "speedup": round(med[base] / med[new], 3),
-              "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-              "native_bf16": acceleration.native_bf16(cpu), "load_avg": os.getloadavg()}
+              "machine": machine_info(), "native_bf16": acceleration.native_bf16(cpu), "load_avg": os.getloadavg()}
     print(json.dumps(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -7,12 +7,12 @@
                    bfloat16 units (A100, H100); allowed on the CPU, where it is only faster with
                    native bfloat16 instructions (AVX-512 BF16 / AMX), and slower elsewhere.
 --precision auto   bf16 where the device computes bfloat16 natively (a CUDA GPU that supports it; a
-                   CPU with AMX or AVX-512 BF16 instructions, e.g. Intel Xeon from Sapphire Rapids
-                   on or AMD Zen 4), else fp32; and fp32 for models that take no autocast
+                   CPU with AMX or AVX-512 BF16 instructions: Intel Xeon since Cooper Lake,
+                   AMD Zen 4), else fp32; and fp32 for models that take no autocast
                    (vae_gan). Resolved once when training starts (`resolve_precision`), logged,
                    and config.json keeps the value chosen, so a resumed run keeps it. The fast-cpu
-                   preset uses it: on this project's 2-core Sapphire Rapids machine a conditional
-                   DCGAN step takes 35 ms instead of 50 (benchmarks/train.md).
+                   preset uses it: on this project's 2-core Intel Xeon with AMX, a conditional
+                   DCGAN step takes 31 ms instead of 51 (benchmarks/train.md).
 --precision fp16   autocast(float16) plus dynamic loss scaling (torch.amp.GradScaler: the loss is
                    multiplied by S before backward, gradients divided by S before the step, a step
                    with inf/NaN gradients is skipped and S halved; Micikevicius et al. 2018,
