@@ -239,7 +239,8 @@ class TrainConfig:
             return
         if self.loss not in ("ns", "hinge"):
             raise ConfigError(f"model vae_gan trains its discriminator with loss ns or hinge, got {self.loss!r}")
-        unsupported = {"conditional": self.conditional, "precision": self.precision not in ("fp32", "auto"), "compile": self.compile,
+        unsupported = {"conditional": self.conditional, "precision": self.precision not in ("fp32", "auto"),
+                       "compile": self.compile,
                        "gp_weight": self.gp_weight != 0, "r1_gamma": self.r1_gamma != 0, "n_critic": self.n_critic != 1,
                        "ema_decay": self.ema_decay != 0, "augment": self.augment != ""}
         bad = [name for name, set_ in unsupported.items() if set_]

@@ -25,7 +25,7 @@ def fast_cpu() -> dict[str, Any]:
     The DCGAN recipe (Radford et al. 2016): width 64, non-saturating loss, batch norm in G and D,
     Adam with lr 2e-4 and betas (0.5, 0.999), batch 64, at 28 px (nothing resized), with samples
     from an EMA of G's weights, decay 0.999 (Yazici et al. 2019). Chosen by measurement
-    (benchmarks/budget_search): at the ~10,000 steps a 2-core CPU does in 30 minutes, this scored
+    (benchmarks/budget_search): at the ~10,000 steps 2 AMD EPYC cores did in 30 minutes, this scored
     FID 23.4 against 26.6 without the EMA, 28.4 for the SN-GAN recipe (hinge loss, spectral norm
     in D, betas (0, 0.9)) and 47 for it with TTUR. The time budget decides when to stop (30 min of
     training); steps is only an upper bound, so speed is quality here: --precision auto trains in
