@@ -386,6 +386,8 @@ def test_precision_auto_choices() -> None:
     cpu = torch.device("cpu")
     assert acceleration.resolve_precision(TrainConfig(precision="fp32"), cpu) == ("fp32", "as asked")
     assert acceleration.resolve_precision(TrainConfig(model="vae_gan", precision="auto"), cpu)[0] == "fp32"
+    with pytest.raises(ConfigError, match="model vae_gan does not support precision"):  # what auto steers clear of
+        TrainConfig(model="vae_gan", precision="bf16")
     assert not acceleration.native_bf16(torch.device("meta"))
     flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else None
     if flags is not None:  # torch's CPUID probes agree with the kernel's view of this CPU

@@ -38,11 +38,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import PRECISIONS, ConfigError
+from .config import FP32_ONLY_MODELS, PRECISIONS, ConfigError
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype per --precision
 assert set(_DTYPES) | {"auto"} == set(PRECISIONS)
-NO_AUTOCAST_MODELS = ("vae_gan",)  # models whose config refuses every precision but fp32
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -62,7 +61,7 @@ def resolve_precision(cfg: Any, device: torch.device) -> tuple[str, str]:
     (see the module docstring), and the reason in words, for the log."""
     if cfg.precision != "auto":
         return cfg.precision, "as asked"
-    if cfg.model in NO_AUTOCAST_MODELS:
+    if cfg.model in FP32_ONLY_MODELS:
         return "fp32", f"model {cfg.model} trains in fp32 only"
     if native_bf16(device):
         return "bf16", f"this {device.type} computes bfloat16 natively"
