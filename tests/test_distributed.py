@@ -385,9 +385,14 @@ def test_precision_auto_resolves_once_and_config_json_keeps_the_choice(tmp_path:
 def test_precision_auto_choices() -> None:
     cpu = torch.device("cpu")
     assert acceleration.resolve_precision(TrainConfig(precision="fp32"), cpu) == ("fp32", "as asked")
-    assert acceleration.resolve_precision(TrainConfig(model="vae_gan", precision="auto"), cpu)[0] == "fp32"
-    with pytest.raises(ConfigError, match="model vae_gan does not support precision"):  # what auto steers clear of
-        TrainConfig(model="vae_gan", precision="bf16")
+    for native in (True, False):  # every model, vae_gan included, takes what the device computes natively
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(acceleration, "native_bf16", lambda device: native)
+            for model in ("dcgan", "vae", "vae_gan", "progan"):
+                got = acceleration.resolve_precision(TrainConfig(model=model, precision="auto"), cpu)[0]
+                assert got == ("bf16" if native else "fp32"), (model, native)
+    with pytest.raises(ConfigError, match="model vae_gan does not support precision fp16"):  # auto never picks it
+        TrainConfig(model="vae_gan", precision="fp16")
     assert not acceleration.native_bf16(torch.device("meta"))
     flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else None
     if flags is not None:  # torch's CPUID probes agree with the kernel's view of this CPU

@@ -321,3 +321,43 @@ def test_channels_last_trains_like_the_default(tiny_npz: Path, tmp_path: Path) -
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-4), k
+
+
+def test_bf16_runs_the_whole_step_under_autocast_and_stays_close_to_fp32(tiny_npz: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """--precision bf16: the decoder's prior samples and D's features (called past the autocast
+    views) are computed in bfloat16 too, in every training-mode call; losses come out float32 and close to fp32's, weights stay
+    float32."""
+    seen: dict[str, set] = {"decoder": set(), "D": set()}
+
+    def record(name):  # in training mode: the steps' calls, not the sample grids' (eval mode, fp32)
+        return lambda module, args, out: seen[name].add(out.dtype) if module.training else None
+
+    import latentforge.models as models_module
+
+    build = models_module.build_networks
+
+    def hooked(cfg, *a, **kw):
+        nets = build(cfg, *a, **kw)
+        nets["vae"].decoder.register_forward_hook(record("decoder"))
+        nets["D"].head.register_forward_hook(record("D"))
+        return nets
+
+    import latentforge.train as train_module
+
+    monkeypatch.setattr(train_module, "build_networks", hooked)
+    kw = dict(steps=3, adv_start=1, fm_weight=1.0, log_every=1)
+    train(tiny_cfg(tiny_npz, tmp_path / "fp32", **kw), **QUIET)
+    assert seen == {"decoder": {torch.float32}, "D": {torch.float32}}
+    seen = {"decoder": set(), "D": set()}
+    train(tiny_cfg(tiny_npz, tmp_path / "bf16", precision="bf16", **kw), **QUIET)
+    assert seen == {"decoder": {torch.bfloat16}, "D": {torch.bfloat16}}  # every call, none left in float32
+    rows = {p: [r for r in read_jsonl(tmp_path / p / "metrics.jsonl") if r["kind"] == "train"] for p in ("fp32", "bf16")}
+    assert [r["step"] for r in rows["bf16"]] == [1, 2, 3]
+    for a, b in zip(rows["fp32"], rows["bf16"]):
+        for key in ("loss/total", "loss/D", "loss/G", "loss/fm", "adv_weight"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=0.05, abs=0.02), (a["step"], key)
+    assert rows["fp32"][-1] != rows["bf16"][-1]  # bf16 did run: not the fp32 numbers to the bit
+    w = load_file(str(tmp_path / "bf16" / "model.safetensors"))
+    assert all(v.dtype == torch.float32 for v in w.values() if v.is_floating_point())

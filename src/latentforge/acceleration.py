@@ -8,8 +8,7 @@
                    native bfloat16 instructions (AVX-512 BF16 / AMX), and slower elsewhere.
 --precision auto   bf16 where the device computes bfloat16 natively (a CUDA GPU that supports it; a
                    CPU with AMX or AVX-512 BF16 instructions: Intel Xeon since Cooper Lake,
-                   AMD Zen 4), else fp32; and fp32 for models that take no autocast
-                   (vae_gan). Resolved once when training starts (`resolve_precision`), logged,
+                   AMD Zen 4), else fp32. Resolved once when training starts (`resolve_precision`), logged,
                    and config.json keeps the value chosen, so a resumed run keeps it. The fast-cpu
                    preset uses it: on this project's 2-core Intel Xeon with AMX, a conditional
                    DCGAN step takes 31 ms instead of 51 (benchmarks/train.md).
@@ -26,7 +25,8 @@
 
 Weights stay float32 in every mode (autocast casts copies), so checkpoints and sampling do not
 depend on these options. `autocast_view` wraps a network so that the step functions need no
-change for autocast; the loss scaler is passed to them (`grad_scaler`).
+change for autocast; the loss scaler is passed to them (`grad_scaler`). The VAE-GAN's step also
+calls the VAE's decoder and D's hidden features directly; it opens `autocast` around those calls.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import FP32_ONLY_MODELS, PRECISIONS, ConfigError
+from .config import PRECISIONS, ConfigError
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype per --precision
 assert set(_DTYPES) | {"auto"} == set(PRECISIONS)
@@ -61,8 +61,6 @@ def resolve_precision(cfg: Any, device: torch.device) -> tuple[str, str]:
     (see the module docstring), and the reason in words, for the log."""
     if cfg.precision != "auto":
         return cfg.precision, "as asked"
-    if cfg.model in FP32_ONLY_MODELS:
-        return "fp32", f"model {cfg.model} trains in fp32 only"
     if native_bf16(device):
         return "bf16", f"this {device.type} computes bfloat16 natively"
     return "fp32", f"this {device.type} has no native bfloat16"
@@ -121,6 +119,16 @@ def autocast_view(net: nn.Module, precision: str, channels_last: bool, device: t
     if precision == "fp32" and not channels_last:
         return net
     return AutocastView(net, device.type, _DTYPES[precision], channels_last)
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The autocast context of --precision (disabled for fp32), for step code that calls a network's
+    methods other than forward (a VAE's decode), which an AutocastView does not cover. Cast what
+    comes out back to float32 (`.float()`) before a loss."""
+    if precision not in _DTYPES:
+        raise ValueError(f"precision {precision!r} must be resolved first (resolve_precision)")
+    dtype = _DTYPES[precision]
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:

@@ -20,7 +20,6 @@ RECON_LOSSES = ("bce", "mse")
 GAN_LOSS_NAMES = ("ns", "hinge", "wgan", "wgan-drift")
 AUGMENT_POLICIES = ("color", "translation", "cutout")  # DiffAugment (Zhao et al. 2020); see augment.py
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # see acceleration.py; "auto" is resolved when training starts
-FP32_ONLY_MODELS = ("vae_gan",)  # models that refuse every precision but fp32 ("auto" resolves to fp32 for them)
 KL_SCHEDULES = ("linear", "cyclical")  # KL weight schedules of the VAE; see vae_tools.kl_weight
 FIT_MODES = ("crop", "pad")  # non-square images: center crop, or pad to a square (see data.py)
 DATA_STORAGES = ("auto", "ram", "disk")  # where the decoded data set lives while training (see data.py)
@@ -240,9 +239,9 @@ class TrainConfig:
             return
         if self.loss not in ("ns", "hinge"):
             raise ConfigError(f"model vae_gan trains its discriminator with loss ns or hinge, got {self.loss!r}")
-        fp32_only = self.model in FP32_ONLY_MODELS
-        unsupported = {"conditional": self.conditional, "precision": fp32_only and self.precision not in ("fp32", "auto"),
-                       "compile": self.compile,
+        if self.precision == "fp16":  # the adaptive weight's torch.autograd.grad would need its own loss scaling
+            raise ConfigError("model vae_gan does not support precision fp16; use bf16 (or auto, or fp32)")
+        unsupported = {"conditional": self.conditional, "compile": self.compile,
                        "gp_weight": self.gp_weight != 0, "r1_gamma": self.r1_gamma != 0, "n_critic": self.n_critic != 1,
                        "ema_decay": self.ema_decay != 0, "augment": self.augment != ""}
         bad = [name for name, set_ in unsupported.items() if set_]

@@ -355,12 +355,17 @@ def vae_gan_step(vae: nn.Module, D: PatchDiscriminator, opt_vae: torch.optim.Opt
     d_loss_fn, g_loss_fn = GAN_LOSSES[cfg.loss]
     B = real.shape[0]
 
-    # 1. the VAE against a frozen D: fool it with reconstructions and with prior samples
+    # 1. the VAE against a frozen D: fool it with reconstructions and with prior samples.
+    # decode and forward_features bypass the views' autocast (--precision bf16): opened here, and
+    # what comes out is float32 again before any loss
     recon = core.to_image(out.decoded)  # (B, C, H, W) in [-1, 1]
-    prior = core.decode(torch.randn_like(out.mu))  # (B, C, H, W) in [-1, 1]
+    with acceleration.autocast(cfg.precision, real.device):
+        prior = core.decode(torch.randn_like(out.mu)).float()  # (B, C, H, W) in [-1, 1]
     fakes = torch.cat([recon, prior])  # (2B, C, H, W): one D call, one set of batch statistics
     with frozen(D):  # D's weights get no gradient from the VAE's loss
-        fake_logits, fake_feats = D_core.forward_features(fakes)  # (2B, 1, g, g), hidden features
+        with acceleration.autocast(cfg.precision, real.device):
+            fake_logits, fake_feats = D_core.forward_features(fakes)  # (2B, 1, g, g), hidden features
+        fake_logits, fake_feats = fake_logits.float(), [f.float() for f in fake_feats]
         adv = g_loss_fn(fake_logits[:B]) + g_loss_fn(fake_logits[B:])
         w = torch.tensor(cfg.adv_weight, device=real.device)
         if cfg.adv_adaptive and cfg.adv_weight > 0:
@@ -368,8 +373,8 @@ def vae_gan_step(vae: nn.Module, D: PatchDiscriminator, opt_vae: torch.optim.Opt
             w = w * distributed.mean_over_ranks({"w": w_ranks.item()})["w"]
         total = parts.total + w * adv
         if cfg.fm_weight > 0:
-            with torch.no_grad():
-                _, real_feats = D_core.forward_features(real)  # the target features
+            with torch.no_grad(), acceleration.autocast(cfg.precision, real.device):
+                real_feats = [f.float() for f in D_core.forward_features(real)[1]]  # the target features
             fm = feature_matching(real_feats, [f[:B] for f in fake_feats]).mean()
             total = total + cfg.fm_weight * real[0].numel() * fm
             logs["loss/fm"] = fm.item()
@@ -670,7 +675,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                                G_ema=nets.get("G_ema"), ema_decay=ema_decay,
                                labels=None if labels is None else [labels[j] for j in idx], num_classes=num_classes,
                                aux_weight=cfg.aux_class_weight, scaler=scaler)
-            elif cfg.model == "vae_gan":  # fp32 (config.py refuses the rest)
+            elif cfg.model == "vae_gan":  # fp32 or bf16 (config.py refuses fp16)
                 real = to_float(images[distributed.batch_slice(order.indices(state.step))])  # (B, C, H, W) in [-1, 1]
                 out = vae_gan_step(step_nets["vae"], step_nets["D"], opts["vae"], opts["D"], real, cfg, state.step)
             else:
