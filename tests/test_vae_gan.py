@@ -326,8 +326,8 @@ def test_channels_last_trains_like_the_default(tiny_npz: Path, tmp_path: Path) -
 def test_bf16_runs_the_whole_step_under_autocast_and_stays_close_to_fp32(tiny_npz: Path, tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """--precision bf16: the decoder's prior samples and D's features (called past the autocast
-    views) are computed in bfloat16 too, in every training-mode call; losses come out float32 and close to fp32's, weights stay
-    float32."""
+    views) are computed in bfloat16 too, in every training-mode call; losses come out float32 and
+    close to fp32's, weights stay float32."""
     seen: dict[str, set] = {"decoder": set(), "D": set()}
 
     def record(name):  # in training mode: the steps' calls, not the sample grids' (eval mode, fp32)
