@@ -77,17 +77,29 @@ def check(cfg: Any, device: torch.device) -> None:
                           "install one or train without --compile")
 
 
-def _float32(out: Any) -> Any:
-    """Floating tensors inside `out` (a tensor, tuple, list, dict or dataclass) as float32."""
+def float32(out: Any) -> Any:
+    """Floating tensors inside `out` (a tensor, tuple, list, dict or dataclass) as float32: what
+    came out of autocast, before a loss."""
     if isinstance(out, torch.Tensor):
         return out.float() if out.is_floating_point() else out
     if isinstance(out, (tuple, list)):
-        return type(out)(_float32(o) for o in out)
+        return type(out)(float32(o) for o in out)
     if isinstance(out, dict):
-        return {k: _float32(v) for k, v in out.items()}
+        return {k: float32(v) for k, v in out.items()}
     if dataclasses.is_dataclass(out) and not isinstance(out, type):
-        return dataclasses.replace(out, **{f.name: _float32(getattr(out, f.name)) for f in dataclasses.fields(out)})
+        return dataclasses.replace(out, **{f.name: float32(getattr(out, f.name)) for f in dataclasses.fields(out)})
     return out
+
+
+def _autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved --precision (None: fp32, no autocast)."""
+    if precision not in _DTYPES:
+        raise ValueError(f"precision {precision!r} must be resolved first (resolve_precision)")
+    return _DTYPES[precision]
+
+
+def _autocast(device_type: str, dtype: torch.dtype | None) -> torch.autocast:
+    return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 class AutocastView(nn.Module):
@@ -104,31 +116,27 @@ class AutocastView(nn.Module):
         if self.channels_last:  # (N, C, H, W) images; latents and labels pass unchanged
             args = tuple(a.contiguous(memory_format=torch.channels_last) if isinstance(a, torch.Tensor) and a.ndim == 4
                          else a for a in args)
-        with torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+        with _autocast(self.device_type, self.dtype):
             out = self.net(*args, **kwargs)
-        return _float32(out) if self.dtype is not None else out
+        return float32(out) if self.dtype is not None else out
 
 
 def autocast_view(net: nn.Module, precision: str, channels_last: bool, device: torch.device) -> nn.Module:
     """`net` itself with fp32 and no channels-last (the default, bit-identical); else an AutocastView.
     With channels-last, `net`'s weights are converted in place (the same parameter objects)."""
-    if precision not in _DTYPES:
-        raise ValueError(f"precision {precision!r} must be resolved first (resolve_precision)")
+    dtype = _autocast_dtype(precision)
     if channels_last:
         net.to(memory_format=torch.channels_last)
-    if precision == "fp32" and not channels_last:
+    if dtype is None and not channels_last:
         return net
-    return AutocastView(net, device.type, _DTYPES[precision], channels_last)
+    return AutocastView(net, device.type, dtype, channels_last)
 
 
 def autocast(precision: str, device: torch.device) -> torch.autocast:
     """The autocast context of --precision (disabled for fp32), for step code that calls a network's
     methods other than forward (a VAE's decode), which an AutocastView does not cover. Cast what
-    comes out back to float32 (`.float()`) before a loss."""
-    if precision not in _DTYPES:
-        raise ValueError(f"precision {precision!r} must be resolved first (resolve_precision)")
-    dtype = _DTYPES[precision]
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    comes out back with `float32` before a loss."""
+    return _autocast(device.type, _autocast_dtype(precision))
 
 
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:

@@ -360,12 +360,12 @@ def vae_gan_step(vae: nn.Module, D: PatchDiscriminator, opt_vae: torch.optim.Opt
     # what comes out is float32 again before any loss
     recon = core.to_image(out.decoded)  # (B, C, H, W) in [-1, 1]
     with acceleration.autocast(cfg.precision, real.device):
-        prior = core.decode(torch.randn_like(out.mu)).float()  # (B, C, H, W) in [-1, 1]
+        prior = acceleration.float32(core.decode(torch.randn_like(out.mu)))  # (B, C, H, W) in [-1, 1]
     fakes = torch.cat([recon, prior])  # (2B, C, H, W): one D call, one set of batch statistics
     with frozen(D):  # D's weights get no gradient from the VAE's loss
         with acceleration.autocast(cfg.precision, real.device):
-            fake_logits, fake_feats = D_core.forward_features(fakes)  # (2B, 1, g, g), hidden features
-        fake_logits, fake_feats = fake_logits.float(), [f.float() for f in fake_feats]
+            # (2B, 1, g, g) logits and the hidden features
+            fake_logits, fake_feats = acceleration.float32(D_core.forward_features(fakes))
         adv = g_loss_fn(fake_logits[:B]) + g_loss_fn(fake_logits[B:])
         w = torch.tensor(cfg.adv_weight, device=real.device)
         if cfg.adv_adaptive and cfg.adv_weight > 0:
@@ -374,7 +374,7 @@ def vae_gan_step(vae: nn.Module, D: PatchDiscriminator, opt_vae: torch.optim.Opt
         total = parts.total + w * adv
         if cfg.fm_weight > 0:
             with torch.no_grad(), acceleration.autocast(cfg.precision, real.device):
-                real_feats = [f.float() for f in D_core.forward_features(real)[1]]  # the target features
+                real_feats = acceleration.float32(D_core.forward_features(real)[1])  # the target features
             fm = feature_matching(real_feats, [f[:B] for f in fake_feats]).mean()
             total = total + cfg.fm_weight * real[0].numel() * fm
             logs["loss/fm"] = fm.item()
