@@ -111,8 +111,10 @@ def test_config_family_defaults_and_refusals() -> None:
     assert tiny_cfg(loss="hinge").loss == "hinge"
     with pytest.raises(ConfigError, match="loss ns or hinge"):
         tiny_cfg(loss="wgan")
-    with pytest.raises(ConfigError, match="does not support gp_weight, ema_decay"):
-        tiny_cfg(gp_weight=10.0, ema_decay=0.99)
+    with pytest.raises(ConfigError, match="does not support gp_weight, r1_gamma"):
+        tiny_cfg(gp_weight=10.0, r1_gamma=1.0)
+    assert tiny_cfg(ema_decay=0.999).ema_roles == ("vae", "vae_ema")  # the VAE's weights are averaged
+    assert TrainConfig(model="dcgan").ema_roles == ("G", "G_ema")
     with pytest.raises(ConfigError, match="does not support n_critic"):
         tiny_cfg(n_critic=2)
     for bad in (dict(adv_weight=-1.0), dict(fm_weight=-0.5), dict(adv_start=-1)):
@@ -214,14 +216,15 @@ def test_discriminator_off_gives_the_plain_vae_bit_for_bit(tiny_npz: Path, tmp_p
 
 
 def test_resume_is_exact(tiny_npz: Path, tmp_path: Path) -> None:
-    """6 steps at once == 3 steps, stop, resume to 6 (D starts at step 2, before the stop)."""
-    kw = dict(adv_start=2, fm_weight=1.0)
+    """6 steps at once == 3 steps, stop, resume to 6 (D starts at step 2, before the stop), the
+    moving average of the VAE included."""
+    kw = dict(adv_start=2, fm_weight=1.0, ema_decay=0.9)
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(tiny_cfg(tiny_npz, straight, **kw), **QUIET)
     train(tiny_cfg(tiny_npz, split, steps=3, **kw), **QUIET)
     train(tiny_cfg(tiny_npz, split, steps=6, **kw), resume=True, **QUIET)
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(split / "model.safetensors"))
-    assert a.keys() == b.keys() and any(k.startswith("D.") for k in a)
+    assert a.keys() == b.keys() and any(k.startswith("D.") for k in a) and any(k.startswith("vae_ema.") for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), k
     strip = lambda r: {k: v for k, v in r.items() if k not in ("time", "images_per_s")}  # noqa: E731
@@ -251,6 +254,53 @@ def test_save_load_round_trip_and_reconstruct(tiny_npz: Path, tmp_path: Path) ->
     assert torch.equal(to_uint8(m.decode(mu)).cpu(), rec)
     # samples are the decoder's images of the seeds' prior latents
     assert torch.equal(m.sample_tensor(3, seed=5), to_uint8(m.decode(m.latents(range(5, 8)))).cpu())
+
+
+def test_ema_of_the_vae_is_the_average_of_encoder_and_decoder(tiny_npz: Path, tmp_path: Path) -> None:
+    """One step from the same seed at two decays: the raw VAE is the same, and each average is
+    decay * VAE_0 + (1 - decay) * VAE_1 of the same initial weights VAE_0 (buffers are copied)."""
+    w = {}
+    for decay in (0.999, 0.5):
+        run = tmp_path / f"d{decay}"
+        train(tiny_cfg(tiny_npz, run, steps=1, ema_decay=decay), **QUIET)
+        w[decay] = load_file(str(run / "model.safetensors"))
+    assert {k.split(".")[0] for k in w[0.5]} == {"vae", "vae_ema", "D"}
+    keys = [k[len("vae."):] for k in w[0.5] if k.startswith("vae.") and w[0.5][k].is_floating_point()]
+    assert {"vae_ema." + k for k in keys} <= w[0.5].keys()
+    moved = 0
+    for k in keys:
+        v1 = w[0.5]["vae." + k].double()
+        assert torch.equal(w[0.5]["vae." + k], w[0.999]["vae." + k]), k
+        if "running_" in k:
+            assert torch.equal(w[0.5]["vae_ema." + k], w[0.5]["vae." + k]), k
+            continue
+        v0 = (w[0.999]["vae_ema." + k].double() - 0.001 * v1) / 0.999
+        assert torch.allclose(w[0.5]["vae_ema." + k].double(), 0.5 * v0 + 0.5 * v1, atol=1e-5), k
+        moved += not torch.allclose(v0, v1, atol=1e-6)
+    assert moved > 0
+
+
+def test_ema_run_loads_the_average_and_keeps_a_gmm_sampler_per_weights(tiny_npz: Path, tmp_path: Path) -> None:
+    from latentforge.samplers import fit_sampler, load_sampler
+
+    run = tmp_path / "ema"
+    train(tiny_cfg(tiny_npz, run, adv_start=2, ema_decay=0.5), **QUIET)
+    saved = load_file(str(run / "model.safetensors"))
+    avg, raw = latentforge.load(run), latentforge.load(run, ema=False)
+    assert (avg.ema, raw.ema) == (True, False) and set(avg.nets) == set(raw.nets) == {"vae"}
+    for m, prefix in ((avg, "vae_ema."), (raw, "vae.")):
+        for k, v in m.nets["vae"].state_dict().items():
+            assert torch.equal(v.cpu(), saved[prefix + k]), k
+    assert not torch.equal(avg.sample_tensor(4), raw.sample_tensor(4))
+    # one file holds both VAEs: a mixture fitted to the average's codes is stale for the raw VAE
+    _, info = fit_sampler(avg, k=2, n=20)
+    assert info["weights"] == "ema"
+    assert load_sampler(avg) is not None and load_sampler(raw) is None
+    assert fit_sampler(raw, k=2, n=20)[1]["weights"] == "raw" and load_sampler(avg) is None
+    # a run without --ema-decay: ema=True falls back to the raw weights
+    plain = tmp_path / "plain"
+    train(tiny_cfg(tiny_npz, plain, steps=2), **QUIET)
+    assert latentforge.load(plain).ema is False
 
 
 def test_explore_and_serve_treat_it_as_a_vae(tiny_npz: Path, tmp_path: Path) -> None:

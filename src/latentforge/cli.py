@@ -107,7 +107,7 @@ def train(
     n_critic: int = typer.Option(1, help="Discriminator steps per generator step (Arjovsky et al. 2017 use 5); each takes the next data batch."),
     spectral_norm: bool = typer.Option(False, "--spectral-norm", help="Spectral normalization on every discriminator layer, no batch norm in D (Miyato et al. 2018)."),
     lr_d: Optional[float] = typer.Option(None, help="Discriminator learning rate, two time-scale update rule (Heusel et al. 2017); default: --lr."),
-    ema_decay: float = typer.Option(0.0, help="Keep an exponential moving average of G's weights, used for sampling (Karras et al. 2018; Yazici et al. 2019), e.g. 0.999; 0 = off."),
+    ema_decay: float = typer.Option(0.0, help="Keep an exponential moving average of the weights (G's; a VAE's encoder and decoder), used for sampling and evaluation (Karras et al. 2018; Yazici et al. 2019), e.g. 0.999; 0 = off."),
     ema_warmup: bool = typer.Option(False, "--ema-warmup", help="Ramp the EMA decay up: step t uses min(--ema-decay, (1 + t) / (10 + t)), so the average forgets the initial weights in short runs (the num_updates rule of TensorFlow's ExponentialMovingAverage)."),
     augment: str = typer.Option("", help="Differentiable augmentation of every image D sees (Zhao et al. 2020): comma-separated from color, translation, cutout; empty = off."),
     conditional: bool = typer.Option(False, "--conditional", help="Class-conditional model on the data's labels: conditional batch norm in G and a projection D (Miyato & Koyama 2018), or a conditional VAE (Sohn et al. 2015). Needs labelled data (folders: one subfolder per class)."),
@@ -425,7 +425,7 @@ def eval_cmd(
     seed: int = typer.Option(0, help="Seed of the generated images and of the reference subset."),
     floor: bool = typer.Option(False, "--floor", help="Also report real-vs-real FID/KID at the same n (the best reachable)."),
     checkpoint: str = typer.Option("latest", help="latest or best."),
-    ema: bool = typer.Option(True, "--ema/--no-ema", help="GAN runs trained with --ema-decay: score the moving average of G (default, what sample uses) or, with --no-ema, the raw generator."),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="Runs trained with --ema-decay: score the moving average of the weights (G; a VAE's encoder and decoder) (default, what sample uses) or, with --no-ema, the raw weights."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     sampler: str = typer.Option("prior", help="VAE runs: latents of the generated images: prior or gmm (see `latentforge sample --help`)."),
     iwae_k: int = typer.Option(0, help="VAE runs: test log-likelihood by the importance-weighted bound with K samples per image (Burda et al. 2016), on --n held-out images of --ref; 0 = off."),
@@ -498,8 +498,8 @@ def eval_cmd(
             return
         result["run"] = str(run)
         result["checkpoint"] = checkpoint
-        if m.family == "gan" and m.config.ema_decay > 0:
-            result["generator"] = "ema" if ema else "raw"
+        if m.config.ema_decay > 0:
+            result["generator" if m.family == "gan" else "weights"] = "ema" if m.ema else "raw"
         if wanted and labels is not None:  # is each image recognized as the class it asked for?
             from .metrics.classifier import class_accuracy, get_classifier
 

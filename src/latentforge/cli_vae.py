@@ -19,6 +19,7 @@ def fit_sampler(
     n: int = typer.Option(10000, help="Training images whose posterior means are fitted (a seeded choice; at most all of them)."),
     seed: int = typer.Option(0, help="Seed of the image choice and of the k-means++ initialisation."),
     checkpoint: str = typer.Option("latest", help="latest or best: the weights to fit the sampler to."),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="Runs trained with --ema-decay: fit it to the moving average of the VAE (default, what sample and eval use) or, with --no-ema, to the raw weights."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
 ) -> None:
     """Fit the gmm latent sampler of a VAE run (ex-post density estimation, Ghosh et al. 2020):
@@ -31,7 +32,7 @@ def fit_sampler(
     from .sample import load
     from .samplers import GMM_INFO, fit_sampler as fit, sampler_dir
 
-    m = load(run, device=device, checkpoint=checkpoint)
+    m = load(run, device=device, checkpoint=checkpoint, ema=ema)
     if m.family != "vae":
         raise UserError(f"{run} is a {m.config.model} run; fit-sampler needs a VAE run")
     fit(m, k=k, n=n, seed=seed, log=lambda msg: console.print(msg, highlight=False))

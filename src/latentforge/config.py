@@ -65,7 +65,7 @@ class TrainConfig:
     n_critic: int = 1  # D steps per G step; D step i of step s uses data batch s * n_critic + i
     spectral_norm: bool = False  # spectral normalization on every D layer, D without batch norm (Miyato 2018)
     lr_d: float | None = None  # discriminator learning rate (TTUR, Heusel et al. 2017); None = lr
-    ema_decay: float = 0.0  # EMA of G's weights (Karras 2018; Yazici 2019), e.g. 0.999; 0 = off
+    ema_decay: float = 0.0  # EMA of G's (VAE family: the VAE's) weights (Karras 2018; Yazici 2019), e.g. 0.999; 0 = off
     ema_warmup: bool = False  # decay of step t = min(ema_decay, (1 + t) / (10 + t)) (train.ema_decay_at)
     augment: str = ""  # DiffAugment policy (Zhao et al. 2020), e.g. "color,translation,cutout"; "" = off
 
@@ -168,7 +168,7 @@ class TrainConfig:
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.ema_warmup and self.ema_decay == 0:
-            raise ConfigError("ema_warmup ramps the decay of the EMA of G up to ema_decay; "
+            raise ConfigError("ema_warmup ramps the decay of the weights' EMA up to ema_decay; "
                               "set --ema-decay too (e.g. 0.999)")
         parse_augment(self.augment)
         self._check_aux_class()
@@ -243,16 +243,22 @@ class TrainConfig:
             raise ConfigError("model vae_gan does not support precision fp16; use bf16 (or auto, or fp32)")
         unsupported = {"conditional": self.conditional, "compile": self.compile,
                        "gp_weight": self.gp_weight != 0, "r1_gamma": self.r1_gamma != 0, "n_critic": self.n_critic != 1,
-                       "ema_decay": self.ema_decay != 0, "augment": self.augment != ""}
+                       "augment": self.augment != ""}
         bad = [name for name, set_ in unsupported.items() if set_]
         if bad:
             raise ConfigError(f"model vae_gan does not support {', '.join(bad)}; leave it at its default "
-                              "(its options: loss, spectral_norm, lr_d, adv_weight, adv_adaptive, adv_start, fm_weight)")
+                              "(its options: loss, spectral_norm, lr_d, adv_weight, adv_adaptive, adv_start, fm_weight, ema_decay)")
 
     @property
     def family(self) -> str:
         """"vae" for models with an encoder and decoder (vae, vae_gan), "gan" for generators."""
         return "vae" if self.model in VAE_FAMILY else "gan"
+
+    @property
+    def ema_roles(self) -> tuple[str, str]:
+        """(the network whose weights --ema-decay averages, the role its average is saved as):
+        ("G", "G_ema") for generators, ("vae", "vae_ema") for the VAE family (encoder and decoder)."""
+        return ("vae", "vae_ema") if self.family == "vae" else ("G", "G_ema")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

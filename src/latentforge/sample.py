@@ -51,6 +51,7 @@ class Model:
     device: torch.device
     run_dir: Path
     checkpoint: str  # "latest" or "best"
+    ema: bool = False  # the weights are the training's moving average (G_ema. / vae_ema.), not the raw ones
     trained_steps: int | None = None  # the step the weights were saved at (their metadata); None if not recorded
 
     @property
@@ -285,7 +286,8 @@ def load(run_dir: str | Path, device: str = "auto", checkpoint: str = "latest", 
     """Load a run directory. `checkpoint` is "latest" (model.safetensors) or "best"
     (best/model.safetensors, kept by in-training evaluation). For a GAN trained with
     --ema-decay, `ema=True` loads the moving average of the generator (`G_ema.` weights) as
-    the model's G; `ema=False` loads the raw generator."""
+    the model's G, of a VAE run the moving average of its encoder and decoder (`vae_ema.`) as
+    its VAE; `ema=False` loads the raw weights."""
     run_dir = Path(run_dir)
     cfg, payload = read_run_config(run_dir)
     if cfg.model == "upsampler":
@@ -306,17 +308,15 @@ def load(run_dir: str | Path, device: str = "auto", checkpoint: str = "latest", 
     if cfg.conditional and not num_classes:
         raise ConfigError(f"{run_dir}/config.json says conditional but its data_info has no num_classes")
     nets = build_networks(cfg, int(info.get("channels", cfg.channels or 1)), num_classes)
+    trained, averaged = cfg.ema_roles
     with safe_open(str(path), framework="pt") as f:
-        has_ema = any(k.startswith("G_ema.") for k in f.keys())
+        has_ema = any(k.startswith(averaged + ".") for k in f.keys())
         step = (f.metadata() or {}).get("step")
-    if cfg.family == "gan":  # the discriminator is not needed to sample
-        role = "G_ema" if ema and has_ema else "G"
-        load_weights({role: nets["G"]}, path)  # the EMA weights go into a plain generator
-        nets = {"G": nets["G"]}
-    else:
-        load_weights(nets, path, roles=("vae",))
-        nets = {"vae": nets["vae"]}  # a VAE-GAN's discriminator is not needed either
+    role = averaged if ema and has_ema else trained
+    # the EMA weights go into a plain generator / VAE; the discriminator is not needed to sample
+    load_weights({role: nets[trained]}, path)
+    nets = {trained: nets[trained]}
     for net in nets.values():
         net.to(dev).eval()
     return Model(config=cfg, info=info, nets=nets, device=dev, run_dir=run_dir, checkpoint=checkpoint,
-                 trained_steps=int(step) if step is not None and step.isdigit() else None)
+                 ema=role == averaged, trained_steps=int(step) if step is not None and step.isdigit() else None)

@@ -207,6 +207,12 @@ def weights_sha256(model: "Model") -> str:
     return h.hexdigest()
 
 
+def _weights_kind(model: "Model") -> str:
+    """"ema" when the model holds the training's moving average of the VAE (--ema-decay), else "raw":
+    one weights file holds both, and a mixture fitted to one encoder's codes is stale for the other."""
+    return "ema" if model.ema else "raw"
+
+
 def _vae_of(model: "Model") -> Any:
     if model.family != "vae":
         raise ConfigError(f"{model.run_dir} is a {model.config.model} run; the gmm sampler needs a VAE run "
@@ -236,7 +242,7 @@ def fit_sampler(model: "Model", k: int = GMM_K, n: int = GMM_N, seed: int = 0,
         raise ConfigError(f"cannot fit the gmm sampler: {e}") from None
     info.update({"sampler": "gmm", "fitted_on": "posterior means E_q[z|x] of training images",
                  "data": model.config.data, "selection": SELECTION_RULE, "checkpoint": model.checkpoint,
-                 "weights_sha256": weights_sha256(model),
+                 "weights_sha256": weights_sha256(model), "weights": _weights_kind(model),
                  "method": "EM, full covariances, k-means++ init (Ghosh et al. 2020, ex-post density estimation)"})
     gmm.save(sampler_dir(model), info)
     if log:
@@ -251,7 +257,8 @@ def load_sampler(model: "Model") -> tuple[GaussianMixture, dict[str, Any]] | Non
     if not ((d / GMM_WEIGHTS).is_file() and (d / GMM_INFO).is_file()):
         return None
     gmm, info = GaussianMixture.load(d)
-    if info.get("weights_sha256") != weights_sha256(model) or gmm.dim != model.z_dim:
+    if (info.get("weights_sha256") != weights_sha256(model) or info.get("weights", "raw") != _weights_kind(model)
+            or gmm.dim != model.z_dim):
         return None
     return gmm, info
 

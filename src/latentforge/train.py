@@ -302,7 +302,7 @@ def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
 
 
 def make_ema(G: nn.Module) -> nn.Module:
-    """A frozen copy of G to hold its exponential moving average (saved as "G_ema.")."""
+    """A frozen copy of G (or of a VAE) to hold its exponential moving average (saved as "G_ema." / "vae_ema.")."""
     return copy.deepcopy(G).requires_grad_(False)
 
 
@@ -420,7 +420,8 @@ def generate_images(nets: dict[str, nn.Module], cfg: TrainConfig, seeds: list[in
     """uint8 (N, C, H, W) images for the given seeds, networks in eval mode (restored after).
     Conditional runs: image i gets class labels[i]; labels=None cycles, image i gets class
     i mod num_classes. Unconditional runs take no labels."""
-    net = nets.get("G_ema", nets["G"]) if cfg.family == "gan" else nets["vae"]  # the EMA copy when kept
+    trained, averaged = cfg.ema_roles
+    net = nets.get(averaged, nets[trained])  # the EMA copy when kept
     out = []
     seeds = list(seeds)
     k = num_classes_of(net)
@@ -442,7 +443,7 @@ def generate_images(nets: dict[str, nn.Module], cfg: TrainConfig, seeds: list[in
 
 
 def _make_optimizers(nets: dict[str, nn.Module], cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
-    lrs = {"G": cfg.lr, "D": cfg.lr_d, "vae": cfg.lr, "U": cfg.lr}  # G_ema has no optimizer: it follows G
+    lrs = {"G": cfg.lr, "D": cfg.lr_d, "vae": cfg.lr, "U": cfg.lr}  # G_ema, vae_ema: no optimizer, they follow G, vae
     return {role: torch.optim.Adam(nets[role].parameters(), lr=lrs[role], betas=(cfg.beta1, cfg.beta2))
             for role in nets if role in lrs}
 
@@ -537,8 +538,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     channels = data.channels
     labels, num_classes = _training_labels(cfg, data, device)  # (N,) int64 and K; None and 0 when unconditional
     nets = {role: net.to(device) for role, net in build_networks(cfg, channels, num_classes).items()}
-    if cfg.family == "gan" and cfg.ema_decay > 0:
-        nets["G_ema"] = make_ema(nets["G"])
+    if cfg.ema_decay > 0:  # (config.py refuses it for the upsampler)
+        nets[cfg.ema_roles[1]] = make_ema(nets[cfg.ema_roles[0]])
     opts = _make_optimizers(nets, cfg)
     order = BatchOrder(len(images), cfg.batch_size, cfg.seed)
     guard = Guard(cfg, nets, opts, images, device) if cfg.guard else None  # before a resume loads the optimizers
@@ -684,6 +685,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                 kl_w = kl_weight(state.step, cfg)
                 out = vae_step(step_nets["vae"], opts["vae"], real, cfg, labels=None if labels is None else labels[idx],
                                scaler=scaler, kl_weight=kl_w)
+            if cfg.family == "vae" and "vae_ema" in nets:  # the moving average of encoder and decoder
+                ema_update(nets["vae_ema"], nets["vae"], ema_decay_at(state.step, cfg.ema_decay, cfg.ema_warmup))
             out = distributed.mean_over_ranks(out)  # the global batch's losses, the same on every rank
             state.step += 1
             state.elapsed += time.perf_counter() - t0
@@ -726,7 +729,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             bar.update(task, completed=state.step)
         checkpoint()
     if cfg.family == "vae" and not interrupted and state.step > start_step and distributed.is_main():
-        au = active_units_row(nets["vae"], images, cfg.seed, labels=labels)  # Burda et al. 2016, on the training images
+        # Burda et al. 2016, on the training images; of the weights that sample and fit-sampler load (the EMA when kept)
+        au = active_units_row(nets.get("vae_ema", nets["vae"]), images, cfg.seed, labels=labels)
         append_jsonl(run_dir / "metrics.jsonl", {"kind": "active_units", "step": state.step,
                                                  "time": round(state.elapsed, 3), **au})
         log(f"active units: {au['active_units']} of {au['z_dim']} latent dimensions (on {au['n']} training images)")
