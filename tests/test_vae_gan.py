@@ -325,13 +325,20 @@ def test_cli_trains_with_the_vae_gan_flags(tiny_npz: Path, tmp_path: Path) -> No
     r = subprocess.run(
         [sys.executable, "-m", "latentforge", "train", "--model", "vae_gan", "--data", str(tiny_npz), "--res", "28",
          "--width", "8", "--z-dim", "8", "--batch-size", "8", "--steps", "2", "--out", str(run), "--quiet",
-         "--adv-weight", "0.2", "--no-adv-adaptive", "--adv-start", "1", "--fm-weight", "0.5", "--loss", "hinge"],
+         "--adv-weight", "0.2", "--no-adv-adaptive", "--adv-start", "1", "--fm-weight", "0.5", "--loss", "hinge",
+         "--ema-decay", "0.9"],
         capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     cfg = json.loads((run / "config.json").read_text())
     assert (cfg["adv_weight"], cfg["adv_adaptive"], cfg["adv_start"], cfg["fm_weight"]) == (0.2, False, 1, 0.5)
+    assert cfg["ema_decay"] == 0.9 and any(k.startswith("vae_ema.") for k in load_file(str(run / "model.safetensors")))
     train_rows = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "train"]
     assert cfg["loss"] == "hinge" and "loss/fm" in train_rows[-1]
+    for flag, weights in (("--no-ema", "raw"), ("--ema", "ema")):  # fit-sampler picks the VAE it fits to
+        r = subprocess.run([sys.executable, "-m", "latentforge", "fit-sampler", str(run), "--k", "2", "--n", "20", flag],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert json.loads((run / "gmm_sampler.json").read_text())["weights"] == weights
 
 
 def test_guard_rolls_back_a_vae_gan_nan_and_the_next_log_line_averages_only_the_replayed_steps(
