@@ -420,8 +420,7 @@ def generate_images(nets: dict[str, nn.Module], cfg: TrainConfig, seeds: list[in
     """uint8 (N, C, H, W) images for the given seeds, networks in eval mode (restored after).
     Conditional runs: image i gets class labels[i]; labels=None cycles, image i gets class
     i mod num_classes. Unconditional runs take no labels."""
-    trained, averaged = cfg.ema_roles
-    net = nets.get(averaged, nets[trained])  # the EMA copy when kept
+    net = sampling_net(nets, cfg)
     out = []
     seeds = list(seeds)
     k = num_classes_of(net)
@@ -440,6 +439,12 @@ def generate_images(nets: dict[str, nn.Module], cfg: TrainConfig, seeds: list[in
             x = net(z, c) if cfg.family == "gan" else net.decode(z, c)
             out.append(to_uint8(x).cpu())
     return torch.cat(out)
+
+
+def sampling_net(nets: dict[str, nn.Module], cfg: TrainConfig) -> nn.Module:
+    """The network that samples are drawn from: the moving average (G_ema / vae_ema) when kept, else G / the VAE."""
+    trained, averaged = cfg.ema_roles
+    return nets.get(averaged, nets[trained])
 
 
 def _make_optimizers(nets: dict[str, nn.Module], cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
@@ -685,7 +690,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                 kl_w = kl_weight(state.step, cfg)
                 out = vae_step(step_nets["vae"], opts["vae"], real, cfg, labels=None if labels is None else labels[idx],
                                scaler=scaler, kl_weight=kl_w)
-            if cfg.family == "vae" and "vae_ema" in nets:  # the moving average of encoder and decoder
+            if "vae_ema" in nets:  # the moving average of encoder and decoder
                 ema_update(nets["vae_ema"], nets["vae"], ema_decay_at(state.step, cfg.ema_decay, cfg.ema_warmup))
             out = distributed.mean_over_ranks(out)  # the global batch's losses, the same on every rank
             state.step += 1
@@ -730,7 +735,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         checkpoint()
     if cfg.family == "vae" and not interrupted and state.step > start_step and distributed.is_main():
         # Burda et al. 2016, on the training images; of the weights that sample and fit-sampler load (the EMA when kept)
-        au = active_units_row(nets.get("vae_ema", nets["vae"]), images, cfg.seed, labels=labels)
+        au = active_units_row(sampling_net(nets, cfg), images, cfg.seed, labels=labels)
         append_jsonl(run_dir / "metrics.jsonl", {"kind": "active_units", "step": state.step,
                                                  "time": round(state.elapsed, 3), **au})
         log(f"active units: {au['active_units']} of {au['z_dim']} latent dimensions (on {au['n']} training images)")
