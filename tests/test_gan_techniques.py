@@ -3,6 +3,7 @@ differentiable augmentation, one step of each variant, and exact resume with the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from latentforge.config import ConfigError, TrainConfig
 from latentforge.losses import (d_loss_hinge, d_loss_wasserstein, g_loss_hinge, g_loss_wasserstein,
                                 gradient_penalty, r1_penalty)
 from latentforge.models import DCGANConfig, Discriminator, Generator
-from latentforge.train import ema_decay_at, ema_update, gan_step, make_ema, train
+from latentforge.train import ema_decay_at, ema_update, gan_step, make_ema, r1_gamma_at, train
 
 
 class LinearCritic(nn.Module):
@@ -246,6 +247,29 @@ def test_resume_is_exact_with_ema_and_n_critic(tiny_npz: Path, tmp_path: Path) -
         assert torch.equal(a[k], b[k]), k
 
 
+def test_lazy_r1_puts_k_times_the_penalty_on_every_kth_step(tiny_npz: Path, tmp_path: Path) -> None:
+    # the weight schedule: k * gamma on steps 0, k, 2k, ..., nothing between; k = 1 is plain R1
+    lazy = TrainConfig(r1_gamma=10.0, r1_every=4)
+    assert [r1_gamma_at(t, lazy) for t in range(9)] == [40.0, 0, 0, 0, 40.0, 0, 0, 0, 40.0]
+    assert [r1_gamma_at(t, TrainConfig(r1_gamma=10.0)) for t in range(3)] == [10.0] * 3
+    # in training: step 0 of (gamma 1, every 4) is step 0 of (gamma 4, every 1), to the bit
+    w = {}
+    for name, kw in (("lazy", dict(r1_gamma=1.0, r1_every=4)), ("x4", dict(r1_gamma=4.0))):
+        train(tiny_cfg(tiny_npz, tmp_path / name, steps=1, **kw), progress=False, log=lambda m: None)
+        w[name] = load_file(str(tmp_path / name / "model.safetensors"))
+    assert w["lazy"].keys() == w["x4"].keys()
+    assert all(torch.equal(w["lazy"][k], w["x4"][k]) for k in w["lazy"])
+    # and the penalty is computed (and logged) on steps 0 and 2 of 4 with every = 2 only
+    run = tmp_path / "every2"
+    train(tiny_cfg(tiny_npz, run, steps=4, log_every=1, r1_gamma=1.0, r1_every=2), progress=False, log=lambda m: None)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = {r["step"]: "loss/r1" in r for r in rows if r["kind"] == "train"}
+    assert logged == {1: True, 2: False, 3: True, 4: False}  # row "step" = steps done: step 0 is row 1
+    for bad, match in ((dict(r1_gamma=1.0, r1_every=0), "r1_every must be >= 1"), (dict(r1_every=4), "--r1-gamma")):
+        with pytest.raises(ConfigError, match=match):
+            TrainConfig(**bad)
+
+
 def test_cli_accepts_the_technique_flags(tiny_npz: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -265,7 +289,6 @@ def test_cli_accepts_the_technique_flags(tiny_npz: Path, tmp_path: Path) -> None
 def test_eval_scores_the_ema_generator_unless_no_ema(tiny_npz: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
-    import json
 
     from distributed_worker import PoolExtractor
     from latentforge.cli import app

@@ -62,6 +62,7 @@ class TrainConfig:
     loss: str = "ns"  # "ns": non-saturating (Goodfellow 2014); "hinge" (Lim & Ye 2017); "wgan" (Arjovsky 2017)
     gp_weight: float = 0.0  # WGAN-GP gradient penalty weight (Gulrajani et al. 2017 use 10); 0 = off
     r1_gamma: float = 0.0  # R1 penalty gamma on real data (Mescheder et al. 2018); 0 = off
+    r1_every: int = 1  # lazy R1: the penalty on one step in r1_every, times r1_every (Karras et al. 2020, 3.1)
     n_critic: int = 1  # D steps per G step; D step i of step s uses data batch s * n_critic + i
     spectral_norm: bool = False  # spectral normalization on every D layer, D without batch norm (Miyato 2018)
     lr_d: float | None = None  # discriminator learning rate (TTUR, Heusel et al. 2017); None = lr
@@ -165,6 +166,11 @@ class TrainConfig:
             raise ConfigError(f"gp_weight and r1_gamma must be >= 0, got {self.gp_weight} and {self.r1_gamma}")
         if self.n_critic < 1:
             raise ConfigError(f"n_critic must be >= 1, got {self.n_critic}")
+        if self.r1_every < 1:
+            raise ConfigError(f"r1_every must be >= 1, got {self.r1_every}")
+        if self.r1_every > 1 and self.r1_gamma == 0:
+            raise ConfigError(f"r1_every={self.r1_every} spaces out the R1 penalty, which is off; "
+                              "set --r1-gamma too (e.g. 10)")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.ema_warmup and self.ema_decay == 0:

@@ -301,6 +301,14 @@ def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
     return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
+def r1_gamma_at(step: int, cfg: TrainConfig) -> float:
+    """The R1 weight gamma of training step `step` (0-based): lazy regularization (Karras et al.
+    2020, "Analyzing and Improving the Image Quality of StyleGAN", section 3.1) computes the penalty
+    on one step in every k = r1_every, scaled by k, so that its weight per step is unchanged on
+    average:  gamma_t = k * gamma if t % k == 0 else 0.  k = 1: every step, gamma."""
+    return cfg.r1_gamma * cfg.r1_every if step % cfg.r1_every == 0 else 0.0
+
+
 def make_ema(G: nn.Module) -> nn.Module:
     """A frozen copy of G (or of a VAE) to hold its exponential moving average (saved as "G_ema." / "vae_ema.")."""
     return copy.deepcopy(G).requires_grad_(False)
@@ -665,7 +673,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                 idx = [distributed.batch_slice(order.indices(state.step * cfg.n_critic + i)) for i in range(cfg.n_critic)]
                 reals = [to_float(images[j]) for j in idx]
                 out = upsampler_step(step_nets["U"], step_nets["D"], opts["U"], opts["D"], reals, cfg.upsample_factor,
-                                     loss=cfg.loss, gp_weight=cfg.gp_weight, r1_gamma=cfg.r1_gamma,
+                                     loss=cfg.loss, gp_weight=cfg.gp_weight, r1_gamma=r1_gamma_at(state.step, cfg),
                                      recon_weight=cfg.recon_weight, scaler=scaler)
             elif cfg.family == "gan":
                 # D step i of step s takes batch s * n_critic + i: fresh data, a pure function of the step
@@ -677,7 +685,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                     reals = [fade_reals(r, stage, alpha, cfg.resolution) for r in reals]
                 ema_decay = ema_decay_at(state.step, cfg.ema_decay, cfg.ema_warmup)
                 out = gan_step(step_nets["G"], step_nets["D"], opts["G"], opts["D"], reals, cfg.z_dim, loss=cfg.loss,
-                               gp_weight=cfg.gp_weight, r1_gamma=cfg.r1_gamma, augment=cfg.augment,
+                               gp_weight=cfg.gp_weight, r1_gamma=r1_gamma_at(state.step, cfg), augment=cfg.augment,
                                G_ema=nets.get("G_ema"), ema_decay=ema_decay,
                                labels=None if labels is None else [labels[j] for j in idx], num_classes=num_classes,
                                aux_weight=cfg.aux_class_weight, scaler=scaler)

@@ -1,0 +1,106 @@
+"""Training-step time of issue 8's two 64 px models (benchmarks/hires.md): the DCGAN and the fully
+grown progan of the rounds, in fp32 and bf16 autocast, contiguous (NCHW) and channels-last (NHWC),
+and progan with the R1 penalty on every step and lazily (on one step in 16, Karras et al. 2020).
+
+Each variant runs train.gan_step as training does (Adam, DiffAugment translation,color,cutout,
+ns loss, D frozen in G's half, the networks wrapped as --precision / --channels-last wrap them),
+batch 64, RGB 64 px; progan width 16 with at most 128 channels, DCGAN width 32. One torch thread by
+default: each run of a round trains on one thread. The variants are timed in interleaved rounds
+(A B C ... A B C ...) so that a shared machine's load hits all alike; the median round is reported.
+A round is 16 steps (one lazy-R1 period), after 2 untimed steps per variant.
+
+    .venv/bin/python benchmarks/hires/bench_step64.py [--threads 1] [--rounds 3] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/machine.py
+from machine import machine_info  # noqa: E402
+
+from latentforge import acceleration  # noqa: E402
+from latentforge.config import TrainConfig  # noqa: E402
+from latentforge.models import dcgan, progan  # noqa: E402
+from latentforge.train import gan_step, r1_gamma_at  # noqa: E402
+
+BATCH, RES, STEPS = 64, 64, 16
+AUGMENT = "translation,color,cutout"
+CPU = torch.device("cpu")
+
+
+class Variant:
+    """One model in one setting, with its own optimizers and a fixed real batch."""
+
+    def __init__(self, model: str, precision: str, channels_last: bool, r1_gamma: float = 0.0, r1_every: int = 1):
+        torch.manual_seed(0)
+        if model == "progan":  # built fully grown: stage 4 (64 px), alpha 1
+            cfg = progan.ProGANConfig(resolution=RES, img_channels=3, width=16, max_channels=128)
+            G, D = progan.Generator(cfg), progan.Discriminator(cfg)
+            lr, betas = 1e-3, (0.0, 0.999)  # progan's defaults
+        else:
+            cfg = dcgan.DCGANConfig(resolution=RES, img_channels=3, width=32)
+            G, D = dcgan.Generator(cfg), dcgan.Discriminator(cfg)
+            lr, betas = 2e-4, (0.5, 0.999)
+        self.z_dim = cfg.z_dim
+        self.opt_G = torch.optim.Adam(G.parameters(), lr, betas=betas)
+        self.opt_D = torch.optim.Adam(D.parameters(), lr, betas=betas)
+        self.G = acceleration.autocast_view(G, precision, channels_last, CPU)
+        self.D = acceleration.autocast_view(D, precision, channels_last, CPU)
+        self.real = torch.rand(BATCH, 3, RES, RES) * 2 - 1
+        self.train_cfg = TrainConfig(r1_gamma=r1_gamma, r1_every=r1_every)
+        self.name = (f"{model} {precision}{' channels-last' if channels_last else ''}"
+                     + (f" R1 gamma {r1_gamma:g} every {r1_every}" if r1_gamma else ""))
+        self.row = {"model": model, "precision": precision, "channels_last": channels_last,
+                    "r1_gamma": r1_gamma, "r1_every": r1_every}
+        self.step = 0
+
+    def run(self, steps: int) -> float:
+        """Mean seconds per step over `steps` consecutive training steps."""
+        t = time.perf_counter()
+        for _ in range(steps):
+            gan_step(self.G, self.D, self.opt_G, self.opt_D, self.real, self.z_dim, augment=AUGMENT,
+                     r1_gamma=r1_gamma_at(self.step, self.train_cfg))
+            self.step += 1
+        return (time.perf_counter() - t) / steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3, help=f"timed rounds of {STEPS} steps per variant")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    variants = [Variant(m, p, cl) for m in ("dcgan", "progan") for p in ("fp32", "bf16") for cl in (False, True)]
+    variants += [Variant("progan", "bf16", True, r1_gamma=10.0, r1_every=1),
+                 Variant("progan", "bf16", True, r1_gamma=10.0, r1_every=16)]
+    for v in variants:
+        v.run(2)  # untimed: allocations, oneDNN's kernel choice
+    times: dict[str, list[float]] = {v.name: [] for v in variants}
+    for r in range(args.rounds):
+        for v in variants:
+            times[v.name].append(v.run(STEPS))
+        print(f"round {r + 1} of {args.rounds} done", flush=True)
+    rows = []
+    for v in variants:
+        ms = statistics.median(times[v.name]) * 1000
+        rows.append({**v.row, "ms_per_step": round(ms, 1), "images_per_s": round(BATCH / ms * 1000, 1),
+                     "rounds_ms": [round(s * 1000, 1) for s in times[v.name]]})
+        print(f"{v.name:45s} {ms:8.1f} ms/step {BATCH / ms * 1000:7.1f} images/s", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine_info(), "threads": args.threads, "batch": BATCH,
+                                         "steps_per_round": STEPS, "rounds": args.rounds, "augment": AUGMENT,
+                                         "native_bf16": acceleration.native_bf16(CPU), "results": rows},
+                                        indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
