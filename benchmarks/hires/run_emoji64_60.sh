@@ -6,8 +6,9 @@
 #   bash benchmarks/hires/run_emoji64_60.sh [MINUTES] [OUTDIR]
 #
 # Extra train flags through the environment: COMMON (both runs), DCGAN and PROGAN (one run each),
-# e.g. the fourth round (benchmarks/hires.md):
-#   COMMON="--precision bf16 --channels-last" PROGAN="--stage-images 6000 --augment translation,color,cutout" \
+# e.g. the fourth round's settings (benchmarks/hires.md):
+#   COMMON="--precision bf16 --channels-last" \
+#   PROGAN="--stage-images 6000 --augment translation,color,cutout --r1-gamma 10" \
 #     bash benchmarks/hires/run_emoji64_60.sh 60 runs/hires60r4
 set -euo pipefail
 MIN=${1:-60}
