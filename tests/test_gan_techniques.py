@@ -278,12 +278,12 @@ def test_cli_accepts_the_technique_flags(tiny_npz: Path, tmp_path: Path) -> None
     out = tmp_path / "cli"
     r = CliRunner().invoke(app, ["train", "--data", str(tiny_npz), "--res", "28", "--steps", "2", "--batch-size", "8",
                                  "--width", "8", "--z-dim", "8", "--out", str(out), "--quiet", "--device", "cpu",
-                                 "--loss", "wgan", "--gp-weight", "10", "--r1-gamma", "0", "--n-critic", "2",
+                                 "--loss", "wgan", "--gp-weight", "10", "--r1-gamma", "1", "--r1-every", "2", "--n-critic", "2",
                                  "--spectral-norm", "--lr-d", "4e-4", "--ema-decay", "0.9", "--augment", "color"])
     assert r.exit_code == 0, r.output
     cfg, _ = latentforge.config.read_run_config(out)
-    assert (cfg.loss, cfg.gp_weight, cfg.n_critic, cfg.spectral_norm, cfg.lr_d, cfg.ema_decay, cfg.augment) == \
-        ("wgan", 10.0, 2, True, 4e-4, 0.9, "color")
+    assert (cfg.loss, cfg.gp_weight, cfg.r1_gamma, cfg.r1_every, cfg.n_critic, cfg.spectral_norm, cfg.lr_d,
+            cfg.ema_decay, cfg.augment) == ("wgan", 10.0, 1.0, 2, 2, True, 4e-4, 0.9, "color")
 
 
 def test_eval_scores_the_ema_generator_unless_no_ema(tiny_npz: Path, tmp_path: Path,
