@@ -1,6 +1,7 @@
 """Training-step time of issue 8's two 64 px models (benchmarks/hires.md): the DCGAN and the fully
 grown progan of the rounds, in fp32 and bf16 autocast, contiguous (NCHW) and channels-last (NHWC),
-and progan with the R1 penalty on every step and lazily (on one step in 16, Karras et al. 2020).
+and progan with the R1 penalty on every step and lazily (on one step in 16, Karras et al. 2020), and
+the fifth round's narrower progan (width 8) without R1 and with it on one step in 4.
 
 Each variant runs train.gan_step as training does (Adam, DiffAugment translation,color,cutout,
 ns loss, D frozen in G's half, the networks wrapped as --precision / --channels-last wrap them),
@@ -9,7 +10,7 @@ default: each run of a round trains on one thread. The variants are timed in int
 (A B C ... A B C ...) so that a shared machine's load hits all alike; the median round is reported.
 A round is 16 steps (one lazy-R1 period), after 2 untimed steps per variant.
 
-    .venv/bin/python benchmarks/hires/bench_step64.py [--threads 1] [--rounds 3] [--json OUT]
+    .venv/bin/python benchmarks/hires/bench_step64.py [--threads 1] [--rounds 3] [--only TEXT ...] [--json OUT]
 """
 
 from __future__ import annotations
@@ -39,14 +40,16 @@ CPU = torch.device("cpu")
 class Variant:
     """One model in one setting, with its own optimizers and a fixed real batch."""
 
-    def __init__(self, model: str, precision: str, channels_last: bool, r1_gamma: float = 0.0, r1_every: int = 1):
+    def __init__(self, model: str, precision: str, channels_last: bool, r1_gamma: float = 0.0, r1_every: int = 1,
+                 width: int | None = None):
         torch.manual_seed(0)
+        width = width or (16 if model == "progan" else 32)
         if model == "progan":  # built fully grown: stage 4 (64 px), alpha 1
-            cfg = progan.ProGANConfig(resolution=RES, img_channels=3, width=16, max_channels=128)
+            cfg = progan.ProGANConfig(resolution=RES, img_channels=3, width=width, max_channels=128)
             G, D = progan.Generator(cfg), progan.Discriminator(cfg)
             lr, betas = 1e-3, (0.0, 0.999)  # progan's defaults
         else:
-            cfg = dcgan.DCGANConfig(resolution=RES, img_channels=3, width=32)
+            cfg = dcgan.DCGANConfig(resolution=RES, img_channels=3, width=width)
             G, D = dcgan.Generator(cfg), dcgan.Discriminator(cfg)
             lr, betas = 2e-4, (0.5, 0.999)
         self.z_dim = cfg.z_dim
@@ -56,9 +59,9 @@ class Variant:
         self.D = acceleration.autocast_view(D, precision, channels_last, CPU)
         self.real = torch.rand(BATCH, 3, RES, RES) * 2 - 1
         self.train_cfg = TrainConfig(r1_gamma=r1_gamma, r1_every=r1_every)
-        self.name = (f"{model} {precision}{' channels-last' if channels_last else ''}"
+        self.name = (f"{model} w{width} {precision}{' channels-last' if channels_last else ''}"
                      + (f" R1 gamma {r1_gamma:g} every {r1_every}" if r1_gamma else ""))
-        self.row = {"model": model, "precision": precision, "channels_last": channels_last,
+        self.row = {"model": model, "width": width, "precision": precision, "channels_last": channels_last,
                     "r1_gamma": r1_gamma, "r1_every": r1_every}
         self.step = 0
 
@@ -77,11 +80,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3, help=f"timed rounds of {STEPS} steps per variant")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--only", nargs="+", metavar="TEXT",
+                    help="time only the variants whose name contains one of these, e.g. 'w8' 'w32 bf16 channels-last'")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     variants = [Variant(m, p, cl) for m in ("dcgan", "progan") for p in ("fp32", "bf16") for cl in (False, True)]
     variants += [Variant("progan", "bf16", True, r1_gamma=10.0, r1_every=1),
                  Variant("progan", "bf16", True, r1_gamma=10.0, r1_every=16)]
+    variants += [Variant("progan", "bf16", True, width=8),  # the fifth round's progan: width 8, lazy R1
+                 Variant("progan", "bf16", True, r1_gamma=1.0, r1_every=4, width=8)]
+    if args.only:
+        variants = [v for v in variants if any(text in v.name for text in args.only)]
+        if not variants:
+            ap.error(f"--only {args.only} matches no variant")
     for v in variants:
         v.run(2)  # untimed: allocations, oneDNN's kernel choice
     times: dict[str, list[float]] = {v.name: [] for v in variants}
@@ -94,7 +105,7 @@ def main() -> None:
         ms = statistics.median(times[v.name]) * 1000
         rows.append({**v.row, "ms_per_step": round(ms, 1), "images_per_s": round(BATCH / ms * 1000, 1),
                      "rounds_ms": [round(s * 1000, 1) for s in times[v.name]]})
-        print(f"{v.name:45s} {ms:8.1f} ms/step {BATCH / ms * 1000:7.1f} images/s", flush=True)
+        print(f"{v.name:55s} {ms:8.1f} ms/step {BATCH / ms * 1000:7.1f} images/s", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"machine": machine_info(), "threads": args.threads, "batch": BATCH,
                                          "steps_per_round": STEPS, "rounds": args.rounds, "augment": AUGMENT,
