@@ -248,6 +248,30 @@ def test_config_for_progan() -> None:
     with pytest.raises(ConfigError, match="stage_images must be positive"):
         TrainConfig(model="progan", stage_images=0)
     assert TrainConfig().z_dim == 100 and TrainConfig().lr == 2e-4  # dcgan defaults unchanged
+    with pytest.raises(ConfigError, match="progan_upsample must be one of"):
+        TrainConfig(model="progan", progan_upsample="bicubic")
+
+
+def test_bilinear_upsampling_inside_G_keeps_shapes_and_the_exact_fade() -> None:
+    """The same weights with bilinear instead of nearest x2 inside G's blocks: other images from
+    stage 1 on (identical at stage 0, which has no block), the same sizes, and the fade's ends exact."""
+    torch.manual_seed(0)
+    G_near = Generator(ProGANConfig(resolution=32, img_channels=3, z_dim=8, width=8))
+    G_bil = Generator(ProGANConfig(resolution=32, img_channels=3, z_dim=8, width=8, upsample="bilinear"))
+    G_bil.load_state_dict(G_near.state_dict())
+    z = torch.randn(3, 8)
+    for G in (G_near, G_bil):
+        G.set_progress(0, 1.0)
+    assert torch.equal(G_bil(z), G_near(z))
+    for s in (1, 2, 3):
+        G_near.set_progress(s, 1.0)
+        G_bil.set_progress(s, 1.0)
+        out = G_bil(z)
+        assert out.shape == (3, 3, 32, 32) and not torch.allclose(out, G_near(z))
+    G_bil.set_progress(2, 0.0)  # alpha 0: exactly the previous stage, fully faded in
+    assert torch.equal(G_bil(z), G_at(G_bil, 1, 1.0, z))
+    with pytest.raises(ValueError, match="upsample must be"):
+        ProGANConfig(upsample="area")
 
 
 # ---------------------------------------------------------------------------- training

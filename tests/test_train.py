@@ -345,3 +345,45 @@ def test_max_minutes_stops_with_a_checkpoint(tmp_path, tiny_npz):
     assert load_state(tmp_path / "run" / "state.pt")["step"] == res.step
     assert (tmp_path / "run" / "samples" / f"step_{res.step:06d}.png").is_file()
     assert latentforge.load(tmp_path / "run", device="cpu").trained_steps == res.step  # not the bound of 1000
+
+
+# ---------------------------------------------------------------------------- learning-rate decay
+
+
+def test_lr_factor_follows_the_schedule() -> None:
+    from latentforge.train import lr_factor_at
+
+    cfg = TrainConfig(model="dcgan", steps=100)
+    assert cfg.lr_decay_steps == 0 and lr_factor_at(57, cfg) == 1.0  # none: the learning rate stays
+    lin = TrainConfig(model="dcgan", steps=100, lr_decay="linear")
+    assert lin.lr_decay_steps == 100  # 0 = the run's steps, fixed in the config
+    assert [lr_factor_at(s, lin) for s in (0, 25, 50, 100, 150)] == [1.0, 0.75, 0.5, 0.0, 0.0]
+    cos = TrainConfig(model="dcgan", steps=100, lr_decay="cosine", lr_decay_steps=40)
+    assert lr_factor_at(0, cos) == 1.0 and lr_factor_at(40, cos) == 0.0 and lr_factor_at(80, cos) == 0.0
+    assert lr_factor_at(20, cos) == pytest.approx(0.5)
+    assert lr_factor_at(10, cos) == pytest.approx((1 + 2 ** -0.5) / 2)  # cos(pi / 4)
+    with pytest.raises(ConfigError, match="lr_decay must be one of"):
+        TrainConfig(lr_decay="step")
+    with pytest.raises(ConfigError, match="lr_decay_steps must be >= 0"):
+        TrainConfig(lr_decay="linear", lr_decay_steps=-1)
+
+
+def test_lr_decay_reaches_the_optimizers_and_resumes_exactly(tiny_npz: Path, tmp_path: Path) -> None:
+    """Logged lrs are base * (1 - t) of the step just taken; 3 steps + resume == 6 steps at once."""
+    kw = dict(lr=1e-3, lr_decay="linear", log_every=1)
+    train(tiny_cfg(tiny_npz, tmp_path / "a", **kw), progress=False, log=lambda m: None)
+    rows = {r["step"]: r for r in read_jsonl(tmp_path / "a" / "metrics.jsonl") if r["kind"] == "train"}
+    assert [rows[s]["lr"] for s in range(1, 7)] == pytest.approx([1e-3 * (1 - (s - 1) / 6) for s in range(1, 7)], rel=1e-5)  # logged to 6 digits
+    train(tiny_cfg(tiny_npz, tmp_path / "b", steps=3, lr_decay_steps=6, **kw), progress=False, log=lambda m: None)
+    train(tiny_cfg(tiny_npz, tmp_path / "b", steps=6, **kw), resume=True, progress=False, log=lambda m: None)
+    a, b = weights_of(tmp_path / "a"), weights_of(tmp_path / "b")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_with_more_steps_keeps_the_decay_length(tiny_npz: Path, tmp_path: Path) -> None:
+    run, logs = tmp_path / "run", []
+    train(tiny_cfg(tiny_npz, run, steps=2, lr_decay="cosine"), progress=False, log=lambda m: None)
+    train(tiny_cfg(tiny_npz, run, steps=4), resume=True, progress=False, log=logs.append)
+    assert json.loads((run / "config.json").read_text())["lr_decay_steps"] == 2
+    assert any("ends at step 2" in m and "learning rate is 0" in m for m in logs)

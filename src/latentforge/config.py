@@ -20,6 +20,8 @@ RECON_LOSSES = ("bce", "mse")
 GAN_LOSS_NAMES = ("ns", "hinge", "wgan", "wgan-drift")
 AUGMENT_POLICIES = ("color", "translation", "cutout")  # DiffAugment (Zhao et al. 2020); see augment.py
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # see acceleration.py; "auto" is resolved when training starts
+LR_DECAYS = ("none", "linear", "cosine")  # learning-rate schedules; see train.lr_factor_at
+PROGAN_UPSAMPLES = ("nearest", "bilinear")  # progan G's x2 upsampling between stages
 KL_SCHEDULES = ("linear", "cyclical")  # KL weight schedules of the VAE; see vae_tools.kl_weight
 FIT_MODES = ("crop", "pad")  # non-square images: center crop, or pad to a square (see data.py)
 DATA_STORAGES = ("auto", "ram", "disk")  # where the decoded data set lives while training (see data.py)
@@ -57,6 +59,8 @@ class TrainConfig:
     beta2: float = 0.999  # Adam beta2
     seed: int = 0  # seeds weights, data order, noise
     max_minutes: float = 0.0  # training-time budget: stop (with a checkpoint) once the steps took this long; 0 = none
+    lr_decay: str = "none"  # every lr times a factor of the step going 1 -> 0 ("linear", "cosine") over lr_decay_steps
+    lr_decay_steps: int = 0  # length of the decay; 0 = the run's --steps, fixed at the start (a resume keeps it)
 
     # GAN training techniques (each off by default: the defaults are the DCGAN recipe)
     loss: str = "ns"  # "ns": non-saturating (Goodfellow 2014); "hinge" (Lim & Ye 2017); "wgan" (Arjovsky 2017)
@@ -88,6 +92,7 @@ class TrainConfig:
     # progressive growing (model "progan", Karras et al. 2018) and the upsampler (model "upsampler")
     stage_images: int = 60_000  # progan: real images shown per fade-in phase and per stable phase of a stage
     max_channels: int = 512  # progan: cap on the channels of any stage (the paper's fmap_max)
+    progan_upsample: str = "nearest"  # progan: G's x2 upsampling in each block, "nearest" (paper) or "bilinear"
     upsample_factor: int = 2  # upsampler: output size / input size, 2 or 4 (resolution = the output size)
     recon_weight: float = 100.0  # upsampler: weight of the L1 reconstruction term (pix2pix uses 100)
 
@@ -158,6 +163,12 @@ class TrainConfig:
             raise ConfigError(f"Adam betas must lie in [0, 1), got ({self.beta1}, {self.beta2})")
         if self.lr_d is None:
             self.lr_d = self.lr
+        if self.lr_decay not in LR_DECAYS:
+            raise ConfigError(f"lr_decay must be one of {LR_DECAYS}, got {self.lr_decay!r}")
+        if self.lr_decay_steps < 0:
+            raise ConfigError(f"lr_decay_steps must be >= 0, got {self.lr_decay_steps}")
+        if self.lr_decay != "none" and self.lr_decay_steps == 0:
+            self.lr_decay_steps = self.steps  # fixed now: config.json keeps it, a resume with more --steps does not stretch it
         if self.lr_d <= 0:
             raise ConfigError(f"lr_d must be positive, got {self.lr_d}")
         if self.loss not in GAN_LOSS_NAMES:
@@ -222,6 +233,8 @@ class TrainConfig:
             raise ConfigError(f"stage_images must be positive, got {self.stage_images}")
         if self.max_channels <= 0:
             raise ConfigError(f"max_channels must be positive, got {self.max_channels}")
+        if self.progan_upsample not in PROGAN_UPSAMPLES:
+            raise ConfigError(f"progan_upsample must be one of {PROGAN_UPSAMPLES}, got {self.progan_upsample!r}")
         if self.upsample_factor not in (2, 4):
             raise ConfigError(f"upsample_factor must be 2 or 4, got {self.upsample_factor}")
         if self.recon_weight < 0:

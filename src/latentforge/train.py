@@ -455,10 +455,35 @@ def sampling_net(nets: dict[str, nn.Module], cfg: TrainConfig) -> nn.Module:
     return nets.get(averaged, nets[trained])
 
 
+def _base_lrs(cfg: TrainConfig) -> dict[str, float]:
+    assert cfg.lr is not None and cfg.lr_d is not None  # TrainConfig fills both in
+    return {"G": cfg.lr, "D": cfg.lr_d, "vae": cfg.lr, "U": cfg.lr}  # G_ema, vae_ema: no optimizer, they follow G, vae
+
+
 def _make_optimizers(nets: dict[str, nn.Module], cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
-    lrs = {"G": cfg.lr, "D": cfg.lr_d, "vae": cfg.lr, "U": cfg.lr}  # G_ema, vae_ema: no optimizer, they follow G, vae
+    lrs = _base_lrs(cfg)
     return {role: torch.optim.Adam(nets[role].parameters(), lr=lrs[role], betas=(cfg.beta1, cfg.beta2))
             for role in nets if role in lrs}
+
+
+def lr_factor_at(step: int, cfg: TrainConfig) -> float:
+    """The factor on every learning rate at training step `step` (0-based), t = step / lr_decay_steps:
+        none     1
+        linear   1 - t                      (SN-GAN's decay to 0, Miyato et al. 2018)
+        cosine   (1 + cos(pi t)) / 2        (Loshchilov & Hutter 2017, without restarts)
+    and 0 from t = 1 on. A pure function of the step, so a resumed run continues the same schedule;
+    the divergence guard's lowering (its lr_scale) multiplies it."""
+    if cfg.lr_decay == "none":
+        return 1.0
+    t = min(step / cfg.lr_decay_steps, 1.0)
+    return 1.0 - t if cfg.lr_decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def _set_scheduled_lrs(opts: dict[str, torch.optim.Optimizer], cfg: TrainConfig, factor: float) -> None:
+    base = _base_lrs(cfg)
+    for role, opt in opts.items():
+        for group in opt.param_groups:
+            group["lr"] = base[role] * factor
 
 
 def step_networks(nets: dict[str, nn.Module], trained: Sequence[str], cfg: TrainConfig,
@@ -581,6 +606,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         log(f"resuming {run_dir} at step {state.step} of {cfg.steps}")
     if cfg.model == "progan":
         set_progan_progress(nets, cfg, state.step)
+    if cfg.lr_decay != "none" and cfg.steps > cfg.lr_decay_steps:
+        log(f"warning: --lr-decay {cfg.lr_decay} ends at step {cfg.lr_decay_steps}; from there on to step {cfg.steps} "
+            "every learning rate is 0")
     data_info = {"resolution": cfg.resolution, "channels": channels, "num_images": len(images),
                  "class_names": data.class_names, "skipped": len(data.skipped), "name": data.name}
     if num_classes:
@@ -669,6 +697,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                     write_samples()
                 break
             t0 = time.perf_counter()
+            if cfg.lr_decay != "none":  # the schedule's factor times the guard's lowering, if any
+                _set_scheduled_lrs(opts, cfg, lr_factor_at(state.step, cfg)
+                                   * (guard.lr_scale if guard is not None else 1.0))
             if cfg.model == "upsampler":  # pairs from real data: a high-res batch and its area downsample
                 idx = [distributed.batch_slice(order.indices(state.step * cfg.n_critic + i)) for i in range(cfg.n_critic)]
                 reals = [to_float(images[j]) for j in idx]
@@ -724,6 +755,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
                        **{k: round(v, 6) for k, v in last.items()}}
                 if kl_w is not None:
                     row["kl_weight"] = round(kl_w, 6)
+                if cfg.lr_decay != "none":  # the learning rate of the step just taken (G's, the VAE's, U's)
+                    row["lr"] = float(f"{next(iter(opts.values())).param_groups[0]['lr']:.6g}")
                 if cfg.model == "progan":  # where the growing stands, at the step just taken
                     stage, alpha = progan_schedule(state.step - 1, cfg)
                     row.update(stage=stage, alpha=round(alpha, 6))

@@ -53,7 +53,7 @@ def _build_progan(cfg: TrainConfig, channels: int, num_classes: int = 0) -> dict
     if num_classes:
         raise ValueError("progan has no conditional variant")
     mc = progan.ProGANConfig(resolution=cfg.resolution, img_channels=channels, z_dim=cfg.z_dim, width=cfg.width,
-                             max_channels=cfg.max_channels)
+                             max_channels=cfg.max_channels, upsample=cfg.progan_upsample)
     return {"G": progan.Generator(mc), "D": progan.Discriminator(mc)}
 
 

@@ -28,7 +28,8 @@ Layers (paper, section 4 and table 2):
                       constant, gain sqrt(2); 1 for toRGB and D's last layer) (section 4.1)
   minibatch stddev    D's last block gets one more feature map: the standard deviation of each
                       feature over a group of 4 images, averaged to one number (section 3)
-  LeakyReLU(0.2) everywhere, nearest-neighbour upsampling, average-pool downsampling, linear
+  LeakyReLU(0.2) everywhere, nearest-neighbour upsampling (inside G's blocks optionally bilinear;
+  the fade's skip path stays nearest, as `fade_reals`), average-pool downsampling, linear
   output (no tanh). Channels: `width` at the target resolution, doubled per halving, capped
   at `max_channels` (the paper's fmap_max, 512).
 """
@@ -104,9 +105,12 @@ class ProGANConfig:
     width: int = 64  # channels at the target resolution; doubled per halving of the resolution
     max_channels: int = 512  # cap on the channels of any stage (paper's fmap_max)
     mbstd_group: int = 4  # images per minibatch-stddev group (paper's code: 4)
+    upsample: str = "nearest"  # G's x2 upsampling inside each block: "nearest" (paper) or "bilinear"
 
     def __post_init__(self) -> None:
         stage_resolutions(self.resolution)  # raises on an unsupported resolution
+        if self.upsample not in ("nearest", "bilinear"):
+            raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {self.upsample!r}")
         if self.img_channels not in (1, 3):
             raise ValueError(f"img_channels must be 1 or 3, got {self.img_channels}")
 
@@ -216,14 +220,19 @@ class _GInput(nn.Module):
 
 
 class _GBlock(nn.Module):
-    """(N, c_in, r, r) -> (N, c_out, 2r, 2r): nearest up x2, two 3x3 convs, each + LReLU + pixel norm."""
+    """(N, c_in, r, r) -> (N, c_out, 2r, 2r): up x2 (nearest as in the paper, or bilinear: no
+    blocky pattern of the lower stage shows through), two 3x3 convs, each + LReLU + pixel norm."""
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, upsample: str = "nearest"):
         super().__init__()
         self.conv1, self.conv2 = EqualizedConv2d(c_in, c_out, 3), EqualizedConv2d(c_out, c_out, 3)
+        self.upsample = upsample
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = F.interpolate(h, scale_factor=2, mode="nearest")
+        if self.upsample == "bilinear":
+            h = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
+        else:
+            h = F.interpolate(h, scale_factor=2, mode="nearest")
         h = pixel_norm(F.leaky_relu(self.conv1(h), LRELU))
         return pixel_norm(F.leaky_relu(self.conv2(h), LRELU))
 
@@ -234,7 +243,7 @@ class Generator(_Growing):
         n, ch = len(self.resolutions), [cfg.channels(s) for s in range(len(self.resolutions))]
         # blocks[0]: z -> base x base; blocks[s]: stage s-1 -> stage s (doubles the size)
         self.blocks = nn.ModuleList([_GInput(cfg.z_dim, ch[0], self.resolutions[0])]
-                                    + [_GBlock(ch[s - 1], ch[s]) for s in range(1, n)])
+                                    + [_GBlock(ch[s - 1], ch[s], cfg.upsample) for s in range(1, n)])
         self.to_rgb = nn.ModuleList([EqualizedConv2d(ch[s], cfg.img_channels, 1, gain=1.0) for s in range(n)])
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
