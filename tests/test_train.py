@@ -354,9 +354,9 @@ def test_lr_factor_follows_the_schedule() -> None:
     from latentforge.train import lr_factor_at
 
     cfg = TrainConfig(model="dcgan", steps=100)
-    assert cfg.lr_decay_steps == 0 and lr_factor_at(57, cfg) == 1.0  # none: the learning rate stays
+    assert cfg.lr_decay_steps is None and lr_factor_at(57, cfg) == 1.0  # none: the learning rate stays
     lin = TrainConfig(model="dcgan", steps=100, lr_decay="linear")
-    assert lin.lr_decay_steps == 100  # 0 = the run's steps, fixed in the config
+    assert lin.lr_decay_steps == 100  # default: the run's steps, fixed in the config
     assert [lr_factor_at(s, lin) for s in (0, 25, 50, 100, 150)] == [1.0, 0.75, 0.5, 0.0, 0.0]
     cos = TrainConfig(model="dcgan", steps=100, lr_decay="cosine", lr_decay_steps=40)
     assert lr_factor_at(0, cos) == 1.0 and lr_factor_at(40, cos) == 0.0 and lr_factor_at(80, cos) == 0.0
@@ -364,8 +364,8 @@ def test_lr_factor_follows_the_schedule() -> None:
     assert lr_factor_at(10, cos) == pytest.approx((1 + 2 ** -0.5) / 2)  # cos(pi / 4)
     with pytest.raises(ConfigError, match="lr_decay must be one of"):
         TrainConfig(lr_decay="step")
-    with pytest.raises(ConfigError, match="lr_decay_steps must be >= 0"):
-        TrainConfig(lr_decay="linear", lr_decay_steps=-1)
+    with pytest.raises(ConfigError, match="lr_decay_steps must be positive"):
+        TrainConfig(lr_decay="linear", lr_decay_steps=0)
 
 
 def test_lr_decay_reaches_the_optimizers_and_resumes_exactly(tiny_npz: Path, tmp_path: Path) -> None:
@@ -387,3 +387,13 @@ def test_resume_with_more_steps_keeps_the_decay_length(tiny_npz: Path, tmp_path:
     train(tiny_cfg(tiny_npz, run, steps=4), resume=True, progress=False, log=logs.append)
     assert json.loads((run / "config.json").read_text())["lr_decay_steps"] == 2
     assert any("ends at step 2" in m and "learning rate is 0" in m for m in logs)
+
+
+def test_a_preset_with_lr_decay_decays_over_the_presets_steps() -> None:
+    """The decay's default length is derived from --steps after a preset sets them."""
+    from latentforge.presets import apply_preset
+
+    cfg = apply_preset(TrainConfig(lr_decay="cosine"), "quality", explicit={"lr_decay"})
+    assert cfg.steps == 100_000 and cfg.lr_decay_steps == 100_000
+    cfg = apply_preset(TrainConfig(lr_decay="cosine", lr_decay_steps=500), "quality", explicit={"lr_decay", "lr_decay_steps"})
+    assert cfg.lr_decay_steps == 500

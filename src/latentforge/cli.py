@@ -125,7 +125,7 @@ def train(
     fm_weight: float = typer.Option(0.0, help="vae_gan: weight of feature matching, the L1 distance of the discriminator's features of an image and its reconstruction, per pixel (Larsen et al. 2016); 0 = off."),
     stage_images: int = typer.Option(60_000, help="progan: real images shown per fade-in phase and per stable phase of each resolution stage."),
     lr_decay: str = typer.Option("none", help="Learning-rate schedule: none, linear (to 0, as SN-GAN) or cosine (to 0); every learning rate follows it, a pure function of the step (resume continues it)."),
-    lr_decay_steps: int = typer.Option(0, help="Steps over which --lr-decay goes to 0; 0 = --steps (fixed when the run starts)."),
+    lr_decay_steps: Optional[int] = typer.Option(None, help="Steps over which --lr-decay goes to 0; default: --steps (fixed when the run starts)."),
     progan_upsample: str = typer.Option("nearest", help="progan: G's x2 upsampling inside each block: nearest (the paper's) or bilinear (no blocky pattern of the lower stages shows through)."),
     max_channels: int = typer.Option(512, help="progan: at most this many channels in any stage (--width doubles per halving of the resolution up to it; the paper's 512). Lower it on a CPU."),
     upsample_factor: int = typer.Option(2, help="upsampler: 2 or 4; --res is the output size, the input is --res / factor."),

@@ -60,7 +60,7 @@ class TrainConfig:
     seed: int = 0  # seeds weights, data order, noise
     max_minutes: float = 0.0  # training-time budget: stop (with a checkpoint) once the steps took this long; 0 = none
     lr_decay: str = "none"  # every lr times a factor of the step going 1 -> 0 ("linear", "cosine") over lr_decay_steps
-    lr_decay_steps: int = 0  # length of the decay; 0 = the run's --steps, fixed at the start (a resume keeps it)
+    lr_decay_steps: int | None = None  # length of the decay; None = the run's steps, fixed at the start (resume keeps it)
 
     # GAN training techniques (each off by default: the defaults are the DCGAN recipe)
     loss: str = "ns"  # "ns": non-saturating (Goodfellow 2014); "hinge" (Lim & Ye 2017); "wgan" (Arjovsky 2017)
@@ -165,9 +165,9 @@ class TrainConfig:
             self.lr_d = self.lr
         if self.lr_decay not in LR_DECAYS:
             raise ConfigError(f"lr_decay must be one of {LR_DECAYS}, got {self.lr_decay!r}")
-        if self.lr_decay_steps < 0:
-            raise ConfigError(f"lr_decay_steps must be >= 0, got {self.lr_decay_steps}")
-        if self.lr_decay != "none" and self.lr_decay_steps == 0:
+        if self.lr_decay_steps is not None and self.lr_decay_steps <= 0:
+            raise ConfigError(f"lr_decay_steps must be positive, got {self.lr_decay_steps}")
+        if self.lr_decay != "none" and self.lr_decay_steps is None:
             self.lr_decay_steps = self.steps  # fixed now: config.json keeps it, a resume with more --steps does not stretch it
         if self.lr_d <= 0:
             raise ConfigError(f"lr_d must be positive, got {self.lr_d}")

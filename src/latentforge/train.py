@@ -475,6 +475,7 @@ def lr_factor_at(step: int, cfg: TrainConfig) -> float:
     the divergence guard's lowering (its lr_scale) multiplies it."""
     if cfg.lr_decay == "none":
         return 1.0
+    assert cfg.lr_decay_steps is not None  # TrainConfig sets it with lr_decay
     t = min(step / cfg.lr_decay_steps, 1.0)
     return 1.0 - t if cfg.lr_decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * t))
 
@@ -606,7 +607,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
         log(f"resuming {run_dir} at step {state.step} of {cfg.steps}")
     if cfg.model == "progan":
         set_progan_progress(nets, cfg, state.step)
-    if cfg.lr_decay != "none" and cfg.steps > cfg.lr_decay_steps:
+    if cfg.lr_decay != "none" and cfg.lr_decay_steps is not None and cfg.steps > cfg.lr_decay_steps:
         log(f"warning: --lr-decay {cfg.lr_decay} ends at step {cfg.lr_decay_steps}; from there on to step {cfg.steps} "
             "every learning rate is 0")
     data_info = {"resolution": cfg.resolution, "channels": channels, "num_images": len(images),
