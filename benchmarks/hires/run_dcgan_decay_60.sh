@@ -23,10 +23,4 @@ OMP_NUM_THREADS=1 $LF train "${common[@]}" --steps 1000000 --out "$OUT/dcgan-con
 OMP_NUM_THREADS=1 $LF train "${common[@]}" --steps "$STEPS" --lr-decay cosine \
     --out "$OUT/dcgan-cosine" > "$OUT/dcgan-cosine.log" 2>&1 &
 wait
-for e in ema no-ema; do
-  for r in const cosine; do
-    OMP_NUM_THREADS=1 $LF eval "$OUT/dcgan-$r" --ref emoji:train --n 2000 --$e \
-        --json "$OUT/dcgan-$r.eval$e.json" > "$OUT/dcgan-$r.eval$e.log" 2>&1 &
-  done
-  wait
-done
+bash "$(dirname "$0")/eval_runs.sh" "$OUT" dcgan-const dcgan-cosine

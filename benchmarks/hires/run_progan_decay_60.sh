@@ -24,10 +24,4 @@ for up in nearest bilinear; do
       --out "$OUT/progan-$up" > "$OUT/progan-$up.log" 2>&1 &
 done
 wait
-for e in ema no-ema; do
-  for up in nearest bilinear; do
-    OMP_NUM_THREADS=1 $LF eval "$OUT/progan-$up" --ref emoji:train --n 2000 --$e \
-        --json "$OUT/progan-$up.eval$e.json" > "$OUT/progan-$up.eval$e.log" 2>&1 &
-  done
-  wait
-done
+bash "$(dirname "$0")/eval_runs.sh" "$OUT" progan-nearest progan-bilinear

@@ -22,10 +22,4 @@ for g in "${GAMMAS[@]}"; do
       --out "$OUT/progan-g$g" > "$OUT/progan-g$g.log" 2>&1 &
 done
 wait
-for e in ema no-ema; do
-  for g in "${GAMMAS[@]}"; do
-    OMP_NUM_THREADS=1 $LF eval "$OUT/progan-g$g" --ref emoji:train --n 2000 --$e \
-        --json "$OUT/progan-g$g.eval$e.json" > "$OUT/progan-g$g.eval$e.log" 2>&1 &
-  done
-  wait
-done
+bash "$(dirname "$0")/eval_runs.sh" "$OUT" "progan-g${GAMMAS[0]}" "progan-g${GAMMAS[1]}"

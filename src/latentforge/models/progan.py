@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import PROGAN_UPSAMPLES, TrainConfig
 from .conditional import check_images
 
 RESOLUTIONS = (28, 32, 64, 128, 256, 512, 1024)
@@ -109,8 +109,8 @@ class ProGANConfig:
 
     def __post_init__(self) -> None:
         stage_resolutions(self.resolution)  # raises on an unsupported resolution
-        if self.upsample not in ("nearest", "bilinear"):
-            raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {self.upsample!r}")
+        if self.upsample not in PROGAN_UPSAMPLES:
+            raise ValueError(f"upsample must be one of {PROGAN_UPSAMPLES}, got {self.upsample!r}")
         if self.img_channels not in (1, 3):
             raise ValueError(f"img_channels must be 1 or 3, got {self.img_channels}")
 
