@@ -15,14 +15,15 @@ from latentforge.checkpoint import read_jsonl
 from latentforge.config import ConfigError, TrainConfig
 from latentforge.losses import GAN_LOSSES, d_loss_wasserstein_drift
 from latentforge.models import build_networks
-from latentforge.models.progan import (Discriminator, EqualizedConv2d, EqualizedLinear, Generator, ProGANConfig,
+from latentforge.models.progan import (Discriminator, EqualizedConv2d, EqualizedConvTranspose2d, EqualizedLinear,
+                                       Generator, ProGANConfig,
                                        fade_reals, minibatch_stddev, pixel_norm, progan_schedule, stage_resolutions)
 from latentforge.train import gan_step, train
 
 
-def _nets(res: int = 28, channels: int = 1, seed: int = 0) -> tuple[Generator, Discriminator]:
+def _nets(res: int = 28, channels: int = 1, seed: int = 0, block: str = "paper") -> tuple[Generator, Discriminator]:
     torch.manual_seed(seed)
-    cfg = ProGANConfig(resolution=res, img_channels=channels, z_dim=8, width=8)
+    cfg = ProGANConfig(resolution=res, img_channels=channels, z_dim=8, width=8, block=block)
     return Generator(cfg), Discriminator(cfg)
 
 
@@ -117,9 +118,10 @@ def test_progan_schedule_at_the_stage_boundaries() -> None:
 # ---------------------------------------------------------------------------- shapes and fade-in
 
 
+@pytest.mark.parametrize("block", ["paper", "strided"])
 @pytest.mark.parametrize(("res", "channels"), [(28, 1), (28, 3), (32, 1), (64, 3)])
-def test_shapes_at_every_stage(res: int, channels: int) -> None:
-    G, D = _nets(res, channels)
+def test_shapes_at_every_stage(res: int, channels: int, block: str) -> None:
+    G, D = _nets(res, channels, block=block)
     stages = stage_resolutions(res)
     for s, r in enumerate(stages):
         for alpha in (1.0,) if s == 0 else (0.3, 1.0):
@@ -134,8 +136,9 @@ def test_shapes_at_every_stage(res: int, channels: int) -> None:
         D(torch.zeros(2, channels, res // 2, res // 2))
 
 
-def test_generator_fade_in_is_exact_at_alpha_0_and_1() -> None:
-    G, _ = _nets(28)
+@pytest.mark.parametrize("block", ["paper", "strided"])
+def test_generator_fade_in_is_exact_at_alpha_0_and_1(block: str) -> None:
+    G, _ = _nets(28, block=block)
     z = torch.randn(5, 8)
     for s in (1, 2):
         G.set_progress(s - 1, 1.0)
@@ -158,8 +161,9 @@ def G_at(G: Generator, stage: int, alpha: float, z: torch.Tensor) -> torch.Tenso
     return G(z)
 
 
-def test_discriminator_fade_in_is_exact_at_alpha_0_and_1() -> None:
-    _, D = _nets(28)
+@pytest.mark.parametrize("block", ["paper", "strided"])
+def test_discriminator_fade_in_is_exact_at_alpha_0_and_1(block: str) -> None:
+    _, D = _nets(28, block=block)
     for s, r_old in ((1, 7), (2, 14)):
         # an image the previous stage could have made: r_old px, nearest-upsampled to 28 px
         x = F.interpolate(_dyadic(6, 1, r_old, r_old, seed=s), size=28, mode="nearest")
@@ -250,6 +254,14 @@ def test_config_for_progan() -> None:
     assert TrainConfig().z_dim == 100 and TrainConfig().lr == 2e-4  # dcgan defaults unchanged
     with pytest.raises(ConfigError, match="progan_upsample must be one of"):
         TrainConfig(model="progan", progan_upsample="bicubic")
+    with pytest.raises(ConfigError, match="progan_block must be one of"):
+        TrainConfig(model="progan", progan_block="resnet")
+    with pytest.raises(ConfigError, match="drop --progan-upsample bilinear"):
+        TrainConfig(model="progan", progan_block="strided", progan_upsample="bilinear")
+    with pytest.raises(ConfigError, match="progan_top_channels must be >= 0"):
+        TrainConfig(model="progan", progan_top_channels=-1)
+    with pytest.raises(ConfigError, match="--progan-d-batch-norm needs --progan-block strided"):
+        TrainConfig(model="progan", progan_d_batch_norm=True)
 
 
 def test_bilinear_upsampling_inside_G_keeps_shapes_and_the_exact_fade() -> None:
@@ -285,17 +297,18 @@ def _train_cfg(data: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def test_resume_mid_fade_is_exact(tiny_npz: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("block", ["paper", "strided"])
+def test_resume_mid_fade_is_exact(tiny_npz: Path, tmp_path: Path, block: str) -> None:
     """4 steps at once == 3 steps (stopped in the fade to 14 px), resume to 4: bit-identical
     weights, EMA and (stage, alpha), and the same log."""
     quiet = dict(progress=False, log=lambda m: None)
     straight = tmp_path / "straight"
-    train(_train_cfg(tiny_npz, straight), **quiet)
+    train(_train_cfg(tiny_npz, straight, progan_block=block), **quiet)
     split = tmp_path / "split"
-    train(_train_cfg(tiny_npz, split, steps=3), **quiet)
+    train(_train_cfg(tiny_npz, split, steps=3, progan_block=block), **quiet)
     w3 = load_file(str(split / "model.safetensors"))
     assert (int(w3["G.stage"]), float(w3["G.alpha"])) == (1, 0.0)  # stopped in the middle of the fade
-    train(_train_cfg(tiny_npz, split, steps=4), resume=True, **quiet)
+    train(_train_cfg(tiny_npz, split, steps=4, progan_block=block), resume=True, **quiet)
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(split / "model.safetensors"))
     assert a.keys() == b.keys() and {"G.stage", "G.alpha", "D.alpha", "G_ema.alpha"} <= a.keys()
     for k in a:
@@ -333,3 +346,86 @@ def test_max_channels_caps_every_stage() -> None:
     assert sum(p.numel() for p in nets["G"].parameters()) < sum(p.numel() for p in uncapped["G"].parameters())
     with pytest.raises(ConfigError, match="max_channels"):
         TrainConfig(model="progan", max_channels=0)
+
+
+def test_strided_layers_start_as_the_paper_layers_they_fuse() -> None:
+    """The strided blocks' layers map sizes exactly (a 4x4 stride-2 conv 2r -> r, a 4x4 stride-2
+    transposed conv r -> 2r, the DCGAN's) and start as the paper's: the transposed conv equals nearest
+    x2 upsampling + a 3x3 conv, the strided conv a 3x3 conv + 2x2 average pooling (the official code's
+    fused_scale layers), with the 3x3 conv's equalized learning rate (fan-in 9 c_in)."""
+    torch.manual_seed(0)
+    up = EqualizedConvTranspose2d(6, 5)
+    torch.manual_seed(0)
+    w3 = torch.randn(6, 5, 3, 3)  # the 3x3 kernel the 4x4 one was fused from
+    assert up.scale == pytest.approx(math.sqrt(2 / (6 * 9))) and up.weight.shape == (6, 5, 4, 4)
+    with torch.no_grad():
+        up.bias.normal_()
+    h = _dyadic(2, 6, 4, 4)
+    y = up(h)
+    assert y.shape == (2, 5, 8, 8)
+    near = F.conv2d(F.interpolate(h, scale_factor=2, mode="nearest"), w3.transpose(0, 1).flip(2, 3) * up.scale,
+                    up.bias, padding=1)
+    torch.testing.assert_close(y, near, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(1)
+    down = EqualizedConv2d(6, 5, 4, stride=2)
+    torch.manual_seed(1)
+    w3 = torch.randn(5, 6, 3, 3)
+    assert down.scale == pytest.approx(math.sqrt(2 / (6 * 9)))
+    x = _dyadic(2, 6, 8, 8, seed=1)
+    assert down(x).shape == (2, 5, 4, 4)
+    torch.testing.assert_close(down(x), F.avg_pool2d(F.conv2d(x, w3 * down.scale, padding=1), 2), rtol=1e-5, atol=1e-5)
+    # trained, the 4x4 kernels are free: a kernel no 3x3 one fuses to gives another function
+    with torch.no_grad():
+        up.weight[:, :, 0, 0] += 1.0
+    assert not torch.allclose(up(h), near)
+    with pytest.raises(ValueError, match="stride 2 with kernel 4"):
+        EqualizedConv2d(3, 3, 3, stride=2)
+
+
+def test_strided_blocks_are_one_conv_each_and_cheaper() -> None:
+    """--progan-block strided: one (transposed) conv per block, no 3x3 conv in G's input or D's output,
+    and fewer weights than the paper's blocks of the same widths."""
+    cfg = dict(resolution=32, img_channels=3, z_dim=8, width=8)
+    G, D = Generator(ProGANConfig(**cfg, block="strided")), Discriminator(ProGANConfig(**cfg, block="strided"))
+    Gp, Dp = Generator(ProGANConfig(**cfg)), Discriminator(ProGANConfig(**cfg))
+    assert all(isinstance(b.conv, EqualizedConvTranspose2d) for b in G.blocks[1:]) and G.blocks[0].conv is None
+    assert all(isinstance(b.conv, EqualizedConv2d) and b.conv.stride == 2 for b in D.blocks[1:])
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(G) < count(Gp) and count(D) < count(Dp)
+    with pytest.raises(ValueError, match="block must be one of"):
+        ProGANConfig(block="resnet")
+    with pytest.raises(ValueError, match="upsample must stay 'nearest'"):
+        ProGANConfig(block="strided", upsample="bilinear")
+
+
+def test_top_channels_sets_the_last_stage_only() -> None:
+    cfg = ProGANConfig(resolution=64, img_channels=3, width=16, max_channels=256, top_channels=8)
+    assert [cfg.channels(s) for s in range(cfg.n_stages)] == [256, 128, 64, 32, 8]
+    assert [ProGANConfig(resolution=64, width=16, max_channels=256).channels(s) for s in range(5)] == [256, 128, 64, 32, 16]
+    nets = build_networks(TrainConfig(model="progan", resolution=64, width=16, max_channels=256, progan_top_channels=8,
+                                      progan_block="strided"), 3, 0)
+    assert nets["G"].to_rgb[4].weight.shape == (3, 8, 1, 1) and nets["D"].from_rgb[4].weight.shape == (8, 3, 1, 1)
+    assert nets["G"].blocks[4].conv.weight.shape == (32, 8, 4, 4)  # 32 px (32 channels) -> 64 px (8)
+    with pytest.raises(ValueError, match="top_channels must be >= 0"):
+        ProGANConfig(top_channels=-2)
+
+
+def test_strided_discriminator_with_batch_norm_trains_with_r1() -> None:
+    """--progan-d-batch-norm: a batch norm after every strided D block's conv (not after fromRGB, as the
+    DCGAN's first layer), through which R1's double backward runs; a step changes G and D."""
+    cfg = ProGANConfig(resolution=32, img_channels=3, z_dim=8, width=8, block="strided", d_batch_norm=True)
+    torch.manual_seed(0)
+    G, D = Generator(cfg), Discriminator(cfg)
+    assert all(isinstance(b.norm, torch.nn.BatchNorm2d) for b in D.blocks[1:])
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in [*G.modules(), *D.from_rgb.modules()])
+    assert all(isinstance(b.norm, torch.nn.Identity) for b in Discriminator(ProGANConfig(**{**cfg.__dict__, "d_batch_norm": False})).blocks[1:])
+    for net in (G, D):
+        net.set_progress(2, 0.5)
+    opt_G, opt_D = torch.optim.Adam(G.parameters(), 1e-3), torch.optim.Adam(D.parameters(), 1e-3)
+    before_G, before_D = [p.detach().clone() for p in G.parameters()], [p.detach().clone() for p in D.parameters()]
+    out = gan_step(G, D, opt_G, opt_D, fade_reals(_dyadic(8, 3, 32, 32), 2, 0.5, 32), 8, r1_gamma=1.0)
+    assert math.isfinite(out["loss/r1"]) and out["loss/r1"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before_G, G.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before_D, D.parameters()))
+    with pytest.raises(ValueError, match="d_batch_norm needs block='strided'"):
+        ProGANConfig(d_batch_norm=True)

@@ -1,7 +1,9 @@
 """Training-step time of issue 8's two 64 px models (benchmarks/hires.md): the DCGAN and the fully
 grown progan of the rounds, in fp32 and bf16 autocast, contiguous (NCHW) and channels-last (NHWC),
 and progan with the R1 penalty on every step and lazily (on one step in 16, Karras et al. 2020), and
-the fifth round's narrower progan (width 8) without R1 and with it on one step in 4.
+the fifth round's narrower progan (width 8) without R1 and with it on one step in 4, and the eighth
+round's progan with strided blocks (`--progan-block strided`, width 16, at most 256 channels: the
+DCGAN's channel counts) without R1 and with it on one step in 4.
 
 Each variant runs train.gan_step as training does (Adam, DiffAugment translation,color,cutout,
 ns loss, D frozen in G's half, the networks wrapped as --precision / --channels-last wrap them),
@@ -41,11 +43,13 @@ class Variant:
     """One model in one setting, with its own optimizers and a fixed real batch."""
 
     def __init__(self, model: str, precision: str, channels_last: bool, r1_gamma: float = 0.0, r1_every: int = 1,
-                 width: int | None = None):
+                 width: int | None = None, block: str = "paper", top: int = 0):
         torch.manual_seed(0)
         width = width or (16 if model == "progan" else 32)
         if model == "progan":  # built fully grown: stage 4 (64 px), alpha 1
-            cfg = progan.ProGANConfig(resolution=RES, img_channels=3, width=width, max_channels=128)
+            max_ch = 256 if block == "strided" else 128  # strided: the DCGAN's 256 channels at 4 px
+            cfg = progan.ProGANConfig(resolution=RES, img_channels=3, width=width, max_channels=max_ch, block=block,
+                                      top_channels=top)
             G, D = progan.Generator(cfg), progan.Discriminator(cfg)
             lr, betas = 1e-3, (0.0, 0.999)  # progan's defaults
         else:
@@ -59,10 +63,12 @@ class Variant:
         self.D = acceleration.autocast_view(D, precision, channels_last, CPU)
         self.real = torch.rand(BATCH, 3, RES, RES) * 2 - 1
         self.train_cfg = TrainConfig(r1_gamma=r1_gamma, r1_every=r1_every)
-        self.name = (f"{model} w{width} {precision}{' channels-last' if channels_last else ''}"
+        self.name = (f"{model}{' strided' if block == 'strided' else ''} w{width}{f' top{top}' if top else ''} {precision}"
+                     f"{' channels-last' if channels_last else ''}"
                      + (f" R1 gamma {r1_gamma:g} every {r1_every}" if r1_gamma else ""))
         self.row = {"model": model, "width": width, "precision": precision, "channels_last": channels_last,
-                    "r1_gamma": r1_gamma, "r1_every": r1_every}
+                    "r1_gamma": r1_gamma, "r1_every": r1_every, "block": block,
+                    "top_channels": top}
         self.step = 0
 
     def run(self, steps: int) -> float:
@@ -89,6 +95,8 @@ def main() -> None:
                  Variant("progan", "bf16", True, r1_gamma=10.0, r1_every=16)]
     variants += [Variant("progan", "bf16", True, width=8),  # the fifth round's progan: width 8, lazy R1
                  Variant("progan", "bf16", True, r1_gamma=1.0, r1_every=4, width=8)]
+    variants += [Variant("progan", "bf16", True, width=16, block="strided"),  # the eighth round's progan
+                 Variant("progan", "bf16", True, r1_gamma=0.1, r1_every=4, width=16, block="strided")]
     if args.only:
         variants = [v for v in variants if any(text in v.name for text in args.only)]
         if not variants:

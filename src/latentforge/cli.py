@@ -127,6 +127,9 @@ def train(
     lr_decay: str = typer.Option("none", help="Learning-rate schedule: none, linear (to 0, as SN-GAN) or cosine (to 0); every learning rate follows it, a pure function of the step (resume continues it)."),
     lr_decay_steps: Optional[int] = typer.Option(None, help="Steps over which --lr-decay goes to 0; default: --steps (fixed when the run starts)."),
     progan_upsample: str = typer.Option("nearest", help="progan: G's x2 upsampling inside each block: nearest (the paper's) or bilinear (no blocky pattern of the lower stages shows through)."),
+    progan_top_channels: int = typer.Option(0, help="progan: channels of the last stage (the target resolution), where each channel costs most; 0 = by the --width rule as every other stage."),
+    progan_d_batch_norm: bool = typer.Option(False, "--progan-d-batch-norm/--no-progan-d-batch-norm", help="progan with --progan-block strided: batch norm after the conv of every D block, as the DCGAN's D."),
+    progan_block: str = typer.Option("paper", help="progan: paper (two 3x3 convs per block, the paper's) or strided (one 4x4 stride-2 conv per block, transposed in G, as the DCGAN's layers: about half the work per image)."),
     max_channels: int = typer.Option(512, help="progan: at most this many channels in any stage (--width doubles per halving of the resolution up to it; the paper's 512). Lower it on a CPU."),
     upsample_factor: int = typer.Option(2, help="upsampler: 2 or 4; --res is the output size, the input is --res / factor."),
     recon_weight: float = typer.Option(100.0, help="upsampler: weight of the L1 term to the real high-res image (pix2pix uses 100)."),
@@ -178,7 +181,8 @@ def train(
             adv_weight=adv_weight, adv_adaptive=adv_adaptive, adv_start=adv_start, fm_weight=fm_weight,
             precision=precision, compile=compile_, channels_last=channels_last, sync_bn=sync_bn,
             stage_images=stage_images, max_channels=max_channels, upsample_factor=upsample_factor,
-            lr_decay=lr_decay, lr_decay_steps=lr_decay_steps, progan_upsample=progan_upsample,
+            lr_decay=lr_decay, lr_decay_steps=lr_decay_steps, progan_upsample=progan_upsample, progan_block=progan_block,
+            progan_top_channels=progan_top_channels, progan_d_batch_norm=progan_d_batch_norm,
             recon_weight=recon_weight,
         )
         if preset != "none":

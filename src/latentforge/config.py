@@ -22,6 +22,7 @@ AUGMENT_POLICIES = ("color", "translation", "cutout")  # DiffAugment (Zhao et al
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # see acceleration.py; "auto" is resolved when training starts
 LR_DECAYS = ("none", "linear", "cosine")  # learning-rate schedules; see train.lr_factor_at
 PROGAN_UPSAMPLES = ("nearest", "bilinear")  # progan G's x2 upsampling between stages
+PROGAN_BLOCKS = ("paper", "strided")  # progan's blocks: two 3x3 convs, or one 4x4 stride-2 conv (models/progan.py)
 KL_SCHEDULES = ("linear", "cyclical")  # KL weight schedules of the VAE; see vae_tools.kl_weight
 FIT_MODES = ("crop", "pad")  # non-square images: center crop, or pad to a square (see data.py)
 DATA_STORAGES = ("auto", "ram", "disk")  # where the decoded data set lives while training (see data.py)
@@ -93,6 +94,9 @@ class TrainConfig:
     stage_images: int = 60_000  # progan: real images shown per fade-in phase and per stable phase of a stage
     max_channels: int = 512  # progan: cap on the channels of any stage (the paper's fmap_max)
     progan_upsample: str = "nearest"  # progan: G's x2 upsampling in each block, "nearest" (paper) or "bilinear"
+    progan_block: str = "paper"  # progan: "paper" (two 3x3 convs per block) or "strided" (one 4x4 stride-2 conv)
+    progan_top_channels: int = 0  # progan: channels of the last (target-resolution) stage; 0 = by the width rule
+    progan_d_batch_norm: bool = False  # progan, strided blocks: batch norm in D's blocks (as the DCGAN's D)
     upsample_factor: int = 2  # upsampler: output size / input size, 2 or 4 (resolution = the output size)
     recon_weight: float = 100.0  # upsampler: weight of the L1 reconstruction term (pix2pix uses 100)
 
@@ -235,6 +239,15 @@ class TrainConfig:
             raise ConfigError(f"max_channels must be positive, got {self.max_channels}")
         if self.progan_upsample not in PROGAN_UPSAMPLES:
             raise ConfigError(f"progan_upsample must be one of {PROGAN_UPSAMPLES}, got {self.progan_upsample!r}")
+        if self.progan_top_channels < 0:
+            raise ConfigError(f"progan_top_channels must be >= 0 (0 = by the width rule), got {self.progan_top_channels}")
+        if self.progan_block not in PROGAN_BLOCKS:
+            raise ConfigError(f"progan_block must be one of {PROGAN_BLOCKS}, got {self.progan_block!r}")
+        if self.progan_d_batch_norm and self.progan_block != "strided":
+            raise ConfigError("--progan-d-batch-norm needs --progan-block strided")
+        if self.progan_block == "strided" and self.progan_upsample != "nearest":
+            raise ConfigError("--progan-block strided upsamples by its transposed convs; drop --progan-upsample "
+                              f"{self.progan_upsample}")
         if self.upsample_factor not in (2, 4):
             raise ConfigError(f"upsample_factor must be 2 or 4, got {self.upsample_factor}")
         if self.recon_weight < 0:

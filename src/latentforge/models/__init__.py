@@ -53,7 +53,9 @@ def _build_progan(cfg: TrainConfig, channels: int, num_classes: int = 0) -> dict
     if num_classes:
         raise ValueError("progan has no conditional variant")
     mc = progan.ProGANConfig(resolution=cfg.resolution, img_channels=channels, z_dim=cfg.z_dim, width=cfg.width,
-                             max_channels=cfg.max_channels, upsample=cfg.progan_upsample)
+                             max_channels=cfg.max_channels, upsample=cfg.progan_upsample,
+                             block=cfg.progan_block, top_channels=cfg.progan_top_channels,
+                             d_batch_norm=cfg.progan_d_batch_norm)
     return {"G": progan.Generator(mc), "D": progan.Discriminator(mc)}
 
 

@@ -31,7 +31,21 @@ Layers (paper, section 4 and table 2):
   LeakyReLU(0.2) everywhere, nearest-neighbour upsampling (inside G's blocks optionally bilinear;
   the fade's skip path stays nearest, as `fade_reals`), average-pool downsampling, linear
   output (no tanh). Channels: `width` at the target resolution, doubled per halving, capped
-  at `max_channels` (the paper's fmap_max, 512).
+  at `max_channels` (the paper's fmap_max, 512); `top_channels` overrides the last stage's.
+
+Blocks (`block`). "paper": G's block is up x2 + two 3x3 convs, D's two 3x3 convs + average
+pooling, G's input a dense layer + a 3x3 conv, D's output minibatch stddev + 3x3 conv + two dense
+layers (table 2). "strided": every block is one 4x4 stride-2 conv, transposed in G, the DCGAN's
+layer (Radford et al. 2016), with pixel norm and the equalized learning rate as above; G's input is
+the dense layer alone, D's output minibatch stddev + one dense layer to the logit. The 4x4 kernels
+start as the paper's official code fuses its layers at high resolutions (`upscale2d_conv2d`,
+`conv2d_downscale2d`): G's as nearest x2 upsampling + a 3x3 conv, D's as a 3x3 conv + 2x2 average
+pooling (`_fused_3x3`), so the first images are as smooth as the paper's blocks make them (a 4x4
+kernel drawn freely starts as a checkerboard of four independent noise images, and the generator
+did not learn its way out of it); trained, the 4x4 kernels are free. One conv per block instead of
+two about halves the work per image, which on a CPU decides how many images a run sees.
+`d_batch_norm` adds batch norm after every strided D block's conv, as the DCGAN's D has (the
+paper's D has no normalization). Growing, fade-in and everything above are the same for both.
 """
 
 from __future__ import annotations
@@ -43,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import PROGAN_UPSAMPLES, TrainConfig
+from ..config import PROGAN_BLOCKS, PROGAN_UPSAMPLES, TrainConfig
 from .conditional import check_images
 
 RESOLUTIONS = (28, 32, 64, 128, 256, 512, 1024)
@@ -106,11 +120,22 @@ class ProGANConfig:
     max_channels: int = 512  # cap on the channels of any stage (paper's fmap_max)
     mbstd_group: int = 4  # images per minibatch-stddev group (paper's code: 4)
     upsample: str = "nearest"  # G's x2 upsampling inside each block: "nearest" (paper) or "bilinear"
+    block: str = "paper"  # "paper": two 3x3 convs per block; "strided": one 4x4 stride-2 (transposed) conv
+    top_channels: int = 0  # channels of the last (target-resolution) stage; 0 = by the width rule as the others
+    d_batch_norm: bool = False  # strided blocks only: batch norm after every D block's conv, as the DCGAN's D
 
     def __post_init__(self) -> None:
         stage_resolutions(self.resolution)  # raises on an unsupported resolution
         if self.upsample not in PROGAN_UPSAMPLES:
             raise ValueError(f"upsample must be one of {PROGAN_UPSAMPLES}, got {self.upsample!r}")
+        if self.block not in PROGAN_BLOCKS:
+            raise ValueError(f"block must be one of {PROGAN_BLOCKS}, got {self.block!r}")
+        if self.top_channels < 0:
+            raise ValueError(f"top_channels must be >= 0 (0 = by the width rule), got {self.top_channels}")
+        if self.d_batch_norm and self.block != "strided":
+            raise ValueError("d_batch_norm needs block='strided'")
+        if self.block == "strided" and self.upsample != "nearest":
+            raise ValueError("the strided blocks upsample by their transposed conv; upsample must stay 'nearest'")
         if self.img_channels not in (1, 3):
             raise ValueError(f"img_channels must be 1 or 3, got {self.img_channels}")
 
@@ -119,7 +144,11 @@ class ProGANConfig:
         return len(stage_resolutions(self.resolution))
 
     def channels(self, stage: int) -> int:
-        """Feature maps at stage `stage`: width * 2**(stages above it), at most max_channels."""
+        """Feature maps at stage `stage`: width * 2**(stages above it), at most max_channels; the last
+        stage has top_channels where that is set (a thin stage at the full resolution, where every
+        channel costs most)."""
+        if stage == self.n_stages - 1 and self.top_channels:
+            return self.top_channels
         return min(self.width * 2 ** (self.n_stages - 1 - stage), self.max_channels)
 
 
@@ -140,19 +169,52 @@ class EqualizedLinear(nn.Module):
         return F.linear(x, self.weight * self.scale, self.bias)
 
 
-class EqualizedConv2d(nn.Module):
-    """Conv (stride 1, "same" padding) with the equalized learning rate: W ~ N(0, 1) times
-    c = gain / sqrt(in_channels * kernel^2) at run time (Karras et al. 2018, section 4.1)."""
+def _fused_3x3(w3: torch.Tensor) -> torch.Tensor:
+    """(A, B, 3, 3) -> (A, B, 4, 4): the sum of the 3x3 kernel at its four offsets in a 4x4 kernel.
+    A stride-2 transposed conv with it equals nearest x2 upsampling, then a 3x3 conv (kernel
+    flipped), and a stride-2 conv with it / 4 equals a 3x3 conv, then 2x2 average pooling; the
+    official ProGAN code's `upscale2d_conv2d` and `conv2d_downscale2d` (fused_scale)."""
+    w = F.pad(w3, (1, 1, 1, 1))
+    return w[:, :, 1:, 1:] + w[:, :, :-1, 1:] + w[:, :, 1:, :-1] + w[:, :, :-1, :-1]
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, gain: float = math.sqrt(2)):
+
+class EqualizedConv2d(nn.Module):
+    """Conv with the equalized learning rate: W ~ N(0, 1) times c = gain / sqrt(in_channels *
+    kernel^2) at run time (Karras et al. 2018, section 4.1). Stride 1 with "same" padding (odd
+    kernel), or stride 2 with kernel 4 and padding 1, which maps 2r -> r exactly."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, gain: float = math.sqrt(2),
+                 stride: int = 1):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel, kernel))
+        if stride == 1:
+            self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel, kernel))
+            self.scale = gain / math.sqrt(in_channels * kernel * kernel)
+        elif (stride, kernel) == (2, 4):
+            self.weight = nn.Parameter(_fused_3x3(torch.randn(out_channels, in_channels, 3, 3)) / 4)
+            self.scale = gain / math.sqrt(in_channels * 9)
+        else:
+            raise ValueError(f"stride 1 (any odd kernel) or stride 2 with kernel 4, got stride {stride} kernel {kernel}")
         self.bias = nn.Parameter(torch.zeros(out_channels))
-        self.scale = gain / math.sqrt(in_channels * kernel * kernel)
-        self.padding = kernel // 2
+        self.stride = stride
+        self.padding = kernel // 2 if stride == 1 else (kernel - stride) // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
+        return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
+
+
+class EqualizedConvTranspose2d(nn.Module):
+    """Transposed conv, kernel 4, stride 2, padding 1 (r -> 2r exactly, as the DCGAN's), with the
+    equalized learning rate: W ~ N(0, 1) times c = gain / sqrt(in_channels * 4). Each output pixel
+    sums in_channels x 2 x 2 taps of the 4 x 4 kernel, so that is its fan-in (He's constant)."""
+
+    def __init__(self, in_channels: int, out_channels: int, gain: float = math.sqrt(2)):
+        super().__init__()
+        self.weight = nn.Parameter(_fused_3x3(torch.randn(in_channels, out_channels, 3, 3)))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.scale = gain / math.sqrt(in_channels * 9)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(x, self.weight * self.scale, self.bias, stride=2, padding=1)
 
 
 def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -207,16 +269,16 @@ class _GInput(nn.Module):
     """z (N, z_dim) -> (N, ch, base, base): pixel norm on z, a dense layer (gain sqrt(2) / base,
     as the official code's sqrt(2)/4 at 4x4), a 3x3 conv."""
 
-    def __init__(self, z_dim: int, ch: int, base: int):
+    def __init__(self, z_dim: int, ch: int, base: int, conv: bool = True):
         super().__init__()
         self.ch, self.base = ch, base
         self.dense = EqualizedLinear(z_dim, ch * base * base, gain=math.sqrt(2) / base)
-        self.conv = EqualizedConv2d(ch, ch, 3)
+        self.conv = EqualizedConv2d(ch, ch, 3) if conv else None  # None: the strided block set's dense layer only
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.dense(pixel_norm(z)).view(-1, self.ch, self.base, self.base)
         h = pixel_norm(F.leaky_relu(h, LRELU))
-        return pixel_norm(F.leaky_relu(self.conv(h), LRELU))
+        return h if self.conv is None else pixel_norm(F.leaky_relu(self.conv(h), LRELU))
 
 
 class _GBlock(nn.Module):
@@ -237,13 +299,27 @@ class _GBlock(nn.Module):
         return pixel_norm(F.leaky_relu(self.conv2(h), LRELU))
 
 
+class _GBlockStrided(nn.Module):
+    """(N, c_in, r, r) -> (N, c_out, 2r, 2r): one 4x4 stride-2 transposed conv (the DCGAN's
+    layer) + LReLU + pixel norm."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv = EqualizedConvTranspose2d(c_in, c_out)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return pixel_norm(F.leaky_relu(self.conv(h), LRELU))
+
+
 class Generator(_Growing):
     def __init__(self, cfg: ProGANConfig):
         super().__init__(cfg)
         n, ch = len(self.resolutions), [cfg.channels(s) for s in range(len(self.resolutions))]
         # blocks[0]: z -> base x base; blocks[s]: stage s-1 -> stage s (doubles the size)
-        self.blocks = nn.ModuleList([_GInput(cfg.z_dim, ch[0], self.resolutions[0])]
-                                    + [_GBlock(ch[s - 1], ch[s], cfg.upsample) for s in range(1, n)])
+        strided = cfg.block == "strided"
+        block = (lambda a, b: _GBlockStrided(a, b)) if strided else (lambda a, b: _GBlock(a, b, cfg.upsample))  # noqa: E731
+        self.blocks = nn.ModuleList([_GInput(cfg.z_dim, ch[0], self.resolutions[0], conv=not strided)]
+                                    + [block(ch[s - 1], ch[s]) for s in range(1, n)])
         self.to_rgb = nn.ModuleList([EqualizedConv2d(ch[s], cfg.img_channels, 1, gain=1.0) for s in range(n)])
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
@@ -280,6 +356,19 @@ class _DBlock(nn.Module):
         return F.avg_pool2d(F.leaky_relu(self.conv2(h), LRELU), 2)
 
 
+class _DBlockStrided(nn.Module):
+    """(N, c_in, 2r, 2r) -> (N, c_out, r, r): one 4x4 stride-2 conv (the DCGAN's layer), batch norm
+    if asked (the DCGAN's D has it after every conv but the first), LReLU."""
+
+    def __init__(self, c_in: int, c_out: int, batch_norm: bool = False):
+        super().__init__()
+        self.conv = EqualizedConv2d(c_in, c_out, 4, stride=2)
+        self.norm = nn.BatchNorm2d(c_out) if batch_norm else nn.Identity()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.norm(self.conv(h)), LRELU)
+
+
 class _DOutput(nn.Module):
     """(N, ch, base, base) -> logits (N,): minibatch stddev, 3x3 conv, dense, dense to 1 (gain 1)."""
 
@@ -296,14 +385,30 @@ class _DOutput(nn.Module):
         return self.out(h).flatten()
 
 
+class _DOutputStrided(nn.Module):
+    """(N, ch, base, base) -> logits (N,): minibatch stddev, then one dense layer to 1 (gain 1),
+    as the DCGAN's last conv collapses base x base to one logit."""
+
+    def __init__(self, ch: int, base: int, group: int):
+        super().__init__()
+        self.group = group
+        self.out = EqualizedLinear((ch + 1) * base * base, 1, gain=1.0)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.out(minibatch_stddev(h, self.group).flatten(1)).flatten()
+
+
 class Discriminator(_Growing):
     def __init__(self, cfg: ProGANConfig):
         super().__init__(cfg)
         n, ch = len(self.resolutions), [cfg.channels(s) for s in range(len(self.resolutions))]
         self.from_rgb = nn.ModuleList([EqualizedConv2d(cfg.img_channels, ch[s], 1) for s in range(n)])
         # blocks[0]: base x base -> logit; blocks[s]: stage s -> stage s-1 (halves the size)
-        self.blocks = nn.ModuleList([_DOutput(ch[0], self.resolutions[0], cfg.mbstd_group)]
-                                    + [_DBlock(ch[s], ch[s - 1]) for s in range(1, n)])
+        strided = cfg.block == "strided"
+        out = _DOutputStrided if strided else _DOutput
+        block = (lambda a, b: _DBlockStrided(a, b, cfg.d_batch_norm)) if strided else _DBlock  # noqa: E731
+        self.blocks = nn.ModuleList([out(ch[0], self.resolutions[0], cfg.mbstd_group)]
+                                    + [block(ch[s], ch[s - 1]) for s in range(1, n)])
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """images (N, C, res, res) -> logits (N,). At a lower stage D reads every k-th pixel
