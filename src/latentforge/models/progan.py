@@ -180,8 +180,10 @@ def _fused_3x3(w3: torch.Tensor) -> torch.Tensor:
 
 class EqualizedConv2d(nn.Module):
     """Conv with the equalized learning rate: W ~ N(0, 1) times c = gain / sqrt(in_channels *
-    kernel^2) at run time (Karras et al. 2018, section 4.1). Stride 1 with "same" padding (odd
-    kernel), or stride 2 with kernel 4 and padding 1, which maps 2r -> r exactly."""
+    kernel^2) at run time (Karras et al. 2018, section 4.1), stride 1 with "same" padding (odd
+    kernel). Or stride 2 with kernel 4 and padding 1, which maps 2r -> r exactly (the strided
+    blocks): W starts as a 3x3 N(0, 1) kernel fused with 2x2 average pooling (`_fused_3x3` / 4) and
+    is scaled by that 3x3 conv's constant, gain / sqrt(in_channels * 9)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, gain: float = math.sqrt(2),
                  stride: int = 1):
@@ -204,8 +206,10 @@ class EqualizedConv2d(nn.Module):
 
 class EqualizedConvTranspose2d(nn.Module):
     """Transposed conv, kernel 4, stride 2, padding 1 (r -> 2r exactly, as the DCGAN's), with the
-    equalized learning rate: W ~ N(0, 1) times c = gain / sqrt(in_channels * 4). Each output pixel
-    sums in_channels x 2 x 2 taps of the 4 x 4 kernel, so that is its fan-in (He's constant)."""
+    equalized learning rate: W starts as a 3x3 N(0, 1) kernel fused with nearest x2 upsampling
+    (`_fused_3x3`), so the layer starts as up x2 + that 3x3 conv, and is scaled at run time by the
+    3x3 conv's constant, gain / sqrt(in_channels * 9) (He's, for the 9 x in_channels inputs each
+    output pixel of the upsampled conv sums)."""
 
     def __init__(self, in_channels: int, out_channels: int, gain: float = math.sqrt(2)):
         super().__init__()
@@ -267,7 +271,7 @@ class _Growing(nn.Module):
 
 class _GInput(nn.Module):
     """z (N, z_dim) -> (N, ch, base, base): pixel norm on z, a dense layer (gain sqrt(2) / base,
-    as the official code's sqrt(2)/4 at 4x4), a 3x3 conv."""
+    as the official code's sqrt(2)/4 at 4x4), a 3x3 conv (none with the strided blocks)."""
 
     def __init__(self, z_dim: int, ch: int, base: int, conv: bool = True):
         super().__init__()
