@@ -3,7 +3,8 @@ grown progan of the rounds, in fp32 and bf16 autocast, contiguous (NCHW) and cha
 and progan with the R1 penalty on every step and lazily (on one step in 16, Karras et al. 2020), and
 the fifth round's narrower progan (width 8) without R1 and with it on one step in 4, and the eighth
 round's progan with strided blocks (`--progan-block strided`, width 16, at most 256 channels: the
-DCGAN's channel counts) without R1 and with it on one step in 4.
+DCGAN's channel counts) without R1 and with it on one step in 4, with 8 channels at 64 px
+(`--progan-top-channels 8`), and at width 8.
 
 Each variant runs train.gan_step as training does (Adam, DiffAugment translation,color,cutout,
 ns loss, D frozen in G's half, the networks wrapped as --precision / --channels-last wrap them),
@@ -96,7 +97,9 @@ def main() -> None:
     variants += [Variant("progan", "bf16", True, width=8),  # the fifth round's progan: width 8, lazy R1
                  Variant("progan", "bf16", True, r1_gamma=1.0, r1_every=4, width=8)]
     variants += [Variant("progan", "bf16", True, width=16, block="strided"),  # the eighth round's progan
-                 Variant("progan", "bf16", True, r1_gamma=0.1, r1_every=4, width=16, block="strided")]
+                 Variant("progan", "bf16", True, r1_gamma=0.1, r1_every=4, width=16, block="strided"),
+                 Variant("progan", "bf16", True, width=16, block="strided", top=8),
+                 Variant("progan", "bf16", True, width=8, block="strided")]
     if args.only:
         variants = [v for v in variants if any(text in v.name for text in args.only)]
         if not variants:

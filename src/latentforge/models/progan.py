@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -321,7 +322,7 @@ class Generator(_Growing):
         n, ch = len(self.resolutions), [cfg.channels(s) for s in range(len(self.resolutions))]
         # blocks[0]: z -> base x base; blocks[s]: stage s-1 -> stage s (doubles the size)
         strided = cfg.block == "strided"
-        block = (lambda a, b: _GBlockStrided(a, b)) if strided else (lambda a, b: _GBlock(a, b, cfg.upsample))  # noqa: E731
+        block = _GBlockStrided if strided else partial(_GBlock, upsample=cfg.upsample)
         self.blocks = nn.ModuleList([_GInput(cfg.z_dim, ch[0], self.resolutions[0], conv=not strided)]
                                     + [block(ch[s - 1], ch[s]) for s in range(1, n)])
         self.to_rgb = nn.ModuleList([EqualizedConv2d(ch[s], cfg.img_channels, 1, gain=1.0) for s in range(n)])
@@ -410,7 +411,7 @@ class Discriminator(_Growing):
         # blocks[0]: base x base -> logit; blocks[s]: stage s -> stage s-1 (halves the size)
         strided = cfg.block == "strided"
         out = _DOutputStrided if strided else _DOutput
-        block = (lambda a, b: _DBlockStrided(a, b, cfg.d_batch_norm)) if strided else _DBlock  # noqa: E731
+        block = partial(_DBlockStrided, batch_norm=cfg.d_batch_norm) if strided else _DBlock
         self.blocks = nn.ModuleList([out(ch[0], self.resolutions[0], cfg.mbstd_group)]
                                     + [block(ch[s], ch[s - 1]) for s in range(1, n)])
 
