@@ -21,9 +21,21 @@ from latentforge.models.progan import (Discriminator, EqualizedConv2d, Equalized
 from latentforge.train import gan_step, train
 
 
+# strided-bn: the strided blocks with batch norm in G and in D; strided-rgb: with the image made and read by the last blocks
+BLOCKS = ["paper", "strided", "strided-bn", "strided-rgb"]
+
+
+def _block_kw(block: str) -> dict:
+    if block == "strided-bn":
+        return dict(block="strided", g_batch_norm=True, d_batch_norm=True)
+    if block == "strided-rgb":
+        return dict(block="strided", rgb_top=True, d_batch_norm=True)
+    return dict(block=block)
+
+
 def _nets(res: int = 28, channels: int = 1, seed: int = 0, block: str = "paper") -> tuple[Generator, Discriminator]:
     torch.manual_seed(seed)
-    cfg = ProGANConfig(resolution=res, img_channels=channels, z_dim=8, width=8, block=block)
+    cfg = ProGANConfig(resolution=res, img_channels=channels, z_dim=8, width=8, **_block_kw(block))
     return Generator(cfg), Discriminator(cfg)
 
 
@@ -118,7 +130,7 @@ def test_progan_schedule_at_the_stage_boundaries() -> None:
 # ---------------------------------------------------------------------------- shapes and fade-in
 
 
-@pytest.mark.parametrize("block", ["paper", "strided"])
+@pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize(("res", "channels"), [(28, 1), (28, 3), (32, 1), (64, 3)])
 def test_shapes_at_every_stage(res: int, channels: int, block: str) -> None:
     G, D = _nets(res, channels, block=block)
@@ -136,7 +148,7 @@ def test_shapes_at_every_stage(res: int, channels: int, block: str) -> None:
         D(torch.zeros(2, channels, res // 2, res // 2))
 
 
-@pytest.mark.parametrize("block", ["paper", "strided"])
+@pytest.mark.parametrize("block", BLOCKS)
 def test_generator_fade_in_is_exact_at_alpha_0_and_1(block: str) -> None:
     G, _ = _nets(28, block=block)
     z = torch.randn(5, 8)
@@ -161,7 +173,7 @@ def G_at(G: Generator, stage: int, alpha: float, z: torch.Tensor) -> torch.Tenso
     return G(z)
 
 
-@pytest.mark.parametrize("block", ["paper", "strided"])
+@pytest.mark.parametrize("block", BLOCKS)
 def test_discriminator_fade_in_is_exact_at_alpha_0_and_1(block: str) -> None:
     _, D = _nets(28, block=block)
     for s, r_old in ((1, 7), (2, 14)):
@@ -262,6 +274,8 @@ def test_config_for_progan() -> None:
         TrainConfig(model="progan", progan_top_channels=-1)
     with pytest.raises(ConfigError, match="--progan-d-batch-norm needs --progan-block strided"):
         TrainConfig(model="progan", progan_d_batch_norm=True)
+    with pytest.raises(ConfigError, match="--progan-g-batch-norm needs --progan-block strided"):
+        TrainConfig(model="progan", progan_g_batch_norm=True)
 
 
 def test_bilinear_upsampling_inside_G_keeps_shapes_and_the_exact_fade() -> None:
@@ -297,18 +311,19 @@ def _train_cfg(data: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-@pytest.mark.parametrize("block", ["paper", "strided"])
+@pytest.mark.parametrize("block", BLOCKS)
 def test_resume_mid_fade_is_exact(tiny_npz: Path, tmp_path: Path, block: str) -> None:
     """4 steps at once == 3 steps (stopped in the fade to 14 px), resume to 4: bit-identical
     weights, EMA and (stage, alpha), and the same log."""
     quiet = dict(progress=False, log=lambda m: None)
     straight = tmp_path / "straight"
-    train(_train_cfg(tiny_npz, straight, progan_block=block), **quiet)
+    kw = {f"progan_{k}": v for k, v in _block_kw(block).items()}
+    train(_train_cfg(tiny_npz, straight, **kw), **quiet)
     split = tmp_path / "split"
-    train(_train_cfg(tiny_npz, split, steps=3, progan_block=block), **quiet)
+    train(_train_cfg(tiny_npz, split, steps=3, **kw), **quiet)
     w3 = load_file(str(split / "model.safetensors"))
     assert (int(w3["G.stage"]), float(w3["G.alpha"])) == (1, 0.0)  # stopped in the middle of the fade
-    train(_train_cfg(tiny_npz, split, steps=4, progan_block=block), resume=True, **quiet)
+    train(_train_cfg(tiny_npz, split, steps=4, **kw), resume=True, **quiet)
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(split / "model.safetensors"))
     assert a.keys() == b.keys() and {"G.stage", "G.alpha", "D.alpha", "G_ema.alpha"} <= a.keys()
     for k in a:
@@ -429,3 +444,73 @@ def test_strided_discriminator_with_batch_norm_trains_with_r1() -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before_D, D.parameters()))
     with pytest.raises(ValueError, match="d_batch_norm needs block='strided'"):
         ProGANConfig(d_batch_norm=True)
+
+
+def test_strided_generator_with_batch_norm_normalizes_each_layer_over_the_batch() -> None:
+    """--progan-g-batch-norm: a batch norm after G's dense layer and every strided block's conv, before
+    the LReLU and the pixel norm (which stays): in train mode each channel of the normalized
+    pre-activations has batch mean 0 and variance 1 at the start (gain 1, bias 0); eval mode uses the
+    running statistics; toRGB has none; and the pixel norm still gives unit mean square over channels."""
+    cfg = ProGANConfig(resolution=32, img_channels=3, z_dim=8, width=8, block="strided", g_batch_norm=True)
+    torch.manual_seed(0)
+    G = Generator(cfg)
+    norms = [b.norm for b in G.blocks]
+    assert all(isinstance(n, torch.nn.BatchNorm2d) for n in norms)
+    assert [n.num_features for n in norms] == [cfg.channels(s) for s in range(cfg.n_stages)]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in [*G.to_rgb.modules(), *Discriminator(cfg).modules()])
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [n.register_forward_hook(lambda m, i, o, k=k: seen.__setitem__(k, o)) for k, n in enumerate(norms)]
+    G.set_progress(cfg.n_stages - 1, 1.0)
+    G(torch.randn(16, 8))
+    for k, out in seen.items():
+        torch.testing.assert_close(out.mean(dim=(0, 2, 3)), torch.zeros(out.shape[1]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.var(dim=(0, 2, 3), unbiased=False), torch.ones(out.shape[1]), atol=1e-3, rtol=0)
+    assert len(seen) == cfg.n_stages
+    for h in hooks:
+        h.remove()
+    block = G.blocks[1]
+    h = block(torch.randn(4, cfg.channels(0), 4, 4))
+    torch.testing.assert_close(h.pow(2).mean(dim=1), torch.ones(4, 8, 8), rtol=1e-4, atol=1e-4)
+    G.eval()  # running statistics now: one image alone gets the same output in a batch or by itself
+    z = torch.randn(4, 8)
+    torch.testing.assert_close(G(z)[:1], G(z[:1]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="g_batch_norm needs block='strided'"):
+        ProGANConfig(g_batch_norm=True)
+
+
+def test_rgb_top_makes_and_reads_the_image_in_the_last_blocks() -> None:
+    """--progan-rgb-top: at the last stage G's image is its last transposed conv's output (no 1x1 toRGB,
+    no LReLU or pixel norm after it) and D's last block reads the image itself (no 1x1 fromRGB), as the
+    DCGAN's outer layers; the stages below and their fades are untouched."""
+    cfg = ProGANConfig(resolution=32, img_channels=3, z_dim=8, width=8, block="strided", rgb_top=True)
+    torch.manual_seed(0)
+    G, D = Generator(cfg), Discriminator(cfg)
+    last = cfg.n_stages - 1
+    assert cfg.channels(last) == 3 and cfg.channels(last - 1) == 16
+    assert isinstance(G.to_rgb[last], torch.nn.Identity) and isinstance(D.from_rgb[last], torch.nn.Identity)
+    assert G.blocks[last].weight.shape == (16, 3, 4, 4) and D.blocks[last].conv.weight.shape == (16, 3, 4, 4)
+    z = torch.randn(4, 8)
+    G.set_progress(last, 1.0)
+    img = G(z)
+    with torch.no_grad():
+        h = z
+        for b in G.blocks[:last]:
+            h = b(h)
+        w = G.blocks[last].weight * G.blocks[last].scale  # gain 1: He's constant over the 3x3 taps, no sqrt(2)
+        assert G.blocks[last].scale == pytest.approx(1 / math.sqrt(16 * 9))
+        torch.testing.assert_close(img, F.conv_transpose2d(h, w, G.blocks[last].bias, stride=2, padding=1))
+        assert img.min() < 0  # linear: no LReLU after the last layer
+    D.set_progress(last, 1.0)
+    x = _dyadic(4, 3, 32, 32)
+    with torch.no_grad():
+        h = F.leaky_relu(F.conv2d(x, D.blocks[last].conv.weight * D.blocks[last].conv.scale, D.blocks[last].conv.bias,
+                                  stride=2, padding=1), 0.2)
+        for b in reversed(D.blocks[:last]):
+            h = b(h)
+        torch.testing.assert_close(D(x), h)
+    with pytest.raises(ValueError, match="rgb_top needs block='strided'"):
+        ProGANConfig(rgb_top=True)
+    with pytest.raises(ValueError, match="leave top_channels at 0"):
+        ProGANConfig(block="strided", rgb_top=True, top_channels=8)
+    with pytest.raises(ConfigError, match="--progan-rgb-top needs --progan-block strided"):
+        TrainConfig(model="progan", progan_rgb_top=True)

@@ -97,6 +97,8 @@ class TrainConfig:
     progan_block: str = "paper"  # progan: "paper" (two 3x3 convs per block) or "strided" (one 4x4 stride-2 conv)
     progan_top_channels: int = 0  # progan: channels of the last (target-resolution) stage; 0 = by the width rule
     progan_d_batch_norm: bool = False  # progan, strided blocks: batch norm in D's blocks (as the DCGAN's D)
+    progan_g_batch_norm: bool = False  # progan, strided blocks: batch norm in G before every pixel norm (as the DCGAN's G)
+    progan_rgb_top: bool = False  # progan, strided blocks: G's last block makes the image, D's reads it (as the DCGAN's)
     upsample_factor: int = 2  # upsampler: output size / input size, 2 or 4 (resolution = the output size)
     recon_weight: float = 100.0  # upsampler: weight of the L1 reconstruction term (pix2pix uses 100)
 
@@ -245,6 +247,12 @@ class TrainConfig:
             raise ConfigError(f"progan_block must be one of {PROGAN_BLOCKS}, got {self.progan_block!r}")
         if self.progan_d_batch_norm and self.progan_block != "strided":
             raise ConfigError("--progan-d-batch-norm needs --progan-block strided")
+        if self.progan_g_batch_norm and self.progan_block != "strided":
+            raise ConfigError("--progan-g-batch-norm needs --progan-block strided")
+        if self.progan_rgb_top and self.progan_block != "strided":
+            raise ConfigError("--progan-rgb-top needs --progan-block strided")
+        if self.progan_rgb_top and self.progan_top_channels:
+            raise ConfigError("--progan-rgb-top gives the last stage the image's channels; drop --progan-top-channels")
         if self.progan_block == "strided" and self.progan_upsample != "nearest":
             raise ConfigError("--progan-block strided upsamples by its transposed convs; drop --progan-upsample "
                               f"{self.progan_upsample}")

@@ -124,6 +124,8 @@ class ProGANConfig:
     block: str = "paper"  # "paper": two 3x3 convs per block; "strided": one 4x4 stride-2 (transposed) conv
     top_channels: int = 0  # channels of the last (target-resolution) stage; 0 = by the width rule as the others
     d_batch_norm: bool = False  # strided blocks only: batch norm after every D block's conv, as the DCGAN's D
+    g_batch_norm: bool = False  # strided blocks only: batch norm in G before every LReLU + pixel norm, as the DCGAN's G
+    rgb_top: bool = False  # strided blocks only: the last stage's G block makes the image, its D block reads it (no 1x1s)
 
     def __post_init__(self) -> None:
         stage_resolutions(self.resolution)  # raises on an unsupported resolution
@@ -135,6 +137,12 @@ class ProGANConfig:
             raise ValueError(f"top_channels must be >= 0 (0 = by the width rule), got {self.top_channels}")
         if self.d_batch_norm and self.block != "strided":
             raise ValueError("d_batch_norm needs block='strided'")
+        if self.g_batch_norm and self.block != "strided":
+            raise ValueError("g_batch_norm needs block='strided'")
+        if self.rgb_top and self.block != "strided":
+            raise ValueError("rgb_top needs block='strided'")
+        if self.rgb_top and self.top_channels:
+            raise ValueError("rgb_top sets the last stage's channels to the image's; leave top_channels at 0")
         if self.block == "strided" and self.upsample != "nearest":
             raise ValueError("the strided blocks upsample by their transposed conv; upsample must stay 'nearest'")
         if self.img_channels not in (1, 3):
@@ -147,9 +155,9 @@ class ProGANConfig:
     def channels(self, stage: int) -> int:
         """Feature maps at stage `stage`: width * 2**(stages above it), at most max_channels; the last
         stage has top_channels where that is set (a thin stage at the full resolution, where every
-        channel costs most)."""
-        if stage == self.n_stages - 1 and self.top_channels:
-            return self.top_channels
+        channel costs most), or the image's channels with rgb_top."""
+        if stage == self.n_stages - 1 and (self.top_channels or self.rgb_top):
+            return self.img_channels if self.rgb_top else self.top_channels
         return min(self.width * 2 ** (self.n_stages - 1 - stage), self.max_channels)
 
 
@@ -272,16 +280,18 @@ class _Growing(nn.Module):
 
 class _GInput(nn.Module):
     """z (N, z_dim) -> (N, ch, base, base): pixel norm on z, a dense layer (gain sqrt(2) / base,
-    as the official code's sqrt(2)/4 at 4x4), a 3x3 conv (none with the strided blocks)."""
+    as the official code's sqrt(2)/4 at 4x4), a 3x3 conv (none with the strided blocks); batch norm
+    after the dense layer if asked (strided blocks only)."""
 
-    def __init__(self, z_dim: int, ch: int, base: int, conv: bool = True):
+    def __init__(self, z_dim: int, ch: int, base: int, conv: bool = True, batch_norm: bool = False):
         super().__init__()
         self.ch, self.base = ch, base
         self.dense = EqualizedLinear(z_dim, ch * base * base, gain=math.sqrt(2) / base)
         self.conv = EqualizedConv2d(ch, ch, 3) if conv else None  # None: the strided block set's dense layer only
+        self.norm = nn.BatchNorm2d(ch) if batch_norm else nn.Identity()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.dense(pixel_norm(z)).view(-1, self.ch, self.base, self.base)
+        h = self.norm(self.dense(pixel_norm(z)).view(-1, self.ch, self.base, self.base))
         h = pixel_norm(F.leaky_relu(h, LRELU))
         return h if self.conv is None else pixel_norm(F.leaky_relu(self.conv(h), LRELU))
 
@@ -306,14 +316,15 @@ class _GBlock(nn.Module):
 
 class _GBlockStrided(nn.Module):
     """(N, c_in, r, r) -> (N, c_out, 2r, 2r): one 4x4 stride-2 transposed conv (the DCGAN's
-    layer) + LReLU + pixel norm."""
+    layer), batch norm if asked (the DCGAN's G has it after every layer), LReLU, pixel norm."""
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, batch_norm: bool = False):
         super().__init__()
         self.conv = EqualizedConvTranspose2d(c_in, c_out)
+        self.norm = nn.BatchNorm2d(c_out) if batch_norm else nn.Identity()
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return pixel_norm(F.leaky_relu(self.conv(h), LRELU))
+        return pixel_norm(F.leaky_relu(self.norm(self.conv(h)), LRELU))
 
 
 class Generator(_Growing):
@@ -322,10 +333,14 @@ class Generator(_Growing):
         n, ch = len(self.resolutions), [cfg.channels(s) for s in range(len(self.resolutions))]
         # blocks[0]: z -> base x base; blocks[s]: stage s-1 -> stage s (doubles the size)
         strided = cfg.block == "strided"
-        block = _GBlockStrided if strided else partial(_GBlock, upsample=cfg.upsample)
-        self.blocks = nn.ModuleList([_GInput(cfg.z_dim, ch[0], self.resolutions[0], conv=not strided)]
+        block = partial(_GBlockStrided, batch_norm=cfg.g_batch_norm) if strided else partial(_GBlock, upsample=cfg.upsample)
+        self.blocks = nn.ModuleList([_GInput(cfg.z_dim, ch[0], self.resolutions[0], conv=not strided,
+                                             batch_norm=cfg.g_batch_norm)]
                                     + [block(ch[s - 1], ch[s]) for s in range(1, n)])
         self.to_rgb = nn.ModuleList([EqualizedConv2d(ch[s], cfg.img_channels, 1, gain=1.0) for s in range(n)])
+        if cfg.rgb_top:  # the last block is the image's layer, linear as toRGB (gain 1), as the DCGAN's last layer
+            self.blocks[-1] = EqualizedConvTranspose2d(ch[-2], cfg.img_channels, gain=1.0)
+            self.to_rgb[-1] = nn.Identity()
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """z (N, z_dim) -> images (N, C, res, res), roughly in [-1, 1] (linear output). At a lower
@@ -414,6 +429,9 @@ class Discriminator(_Growing):
         block = partial(_DBlockStrided, batch_norm=cfg.d_batch_norm) if strided else _DBlock
         self.blocks = nn.ModuleList([out(ch[0], self.resolutions[0], cfg.mbstd_group)]
                                     + [block(ch[s], ch[s - 1]) for s in range(1, n)])
+        if cfg.rgb_top:  # the last block reads the image itself (no batch norm: the DCGAN's first layer has none)
+            self.from_rgb[-1] = nn.Identity()
+            self.blocks[-1] = _DBlockStrided(cfg.img_channels, ch[-2])
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """images (N, C, res, res) -> logits (N,). At a lower stage D reads every k-th pixel
@@ -425,7 +443,8 @@ class Discriminator(_Growing):
         stage, alpha = self.progress()
         k = r // self.resolutions[stage]
         x = x[:, :, ::k, ::k] if k > 1 else x  # (N, C, r_stage, r_stage)
-        h = F.leaky_relu(self.from_rgb[stage](x), LRELU)
+        top = isinstance(self.from_rgb[stage], nn.Identity)  # rgb_top's last stage: its block reads x itself
+        h = x if top else F.leaky_relu(self.from_rgb[stage](x), LRELU)
         if stage > 0:
             h = self.blocks[stage](h)  # (N, ch_{s-1}, r_{s-1}, r_{s-1})
             if alpha < 1:  # fading in: blend with the previous stage's input path
