@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# A pilot of issue 8's comparison (benchmarks/hires.md, ninth round): one run at 64x64 RGB on the
+# built-in `emoji` set on one CPU thread for MINUTES, with the rounds' common flags and FLAGS, then
+# its raw G scored with the protocol (2,000 generated vs 2,000 training images). Two pilots side by
+# side use the machine's two cores.
+#
+#   bash benchmarks/hires/pilot.sh OUTDIR NAME MINUTES FLAGS...
+#   e.g. bash benchmarks/hires/pilot.sh runs/p9 s-lr5e-3 15 --model progan --progan-block strided --lr 5e-3 ...
+set -euo pipefail
+OUT=$1; NAME=$2; MIN=$3
+shift 3
+LF=".venv/bin/python -m latentforge"
+mkdir -p "$OUT"
+OMP_NUM_THREADS=1 $LF train --data emoji --res 64 --batch-size 64 --max-minutes "$MIN" --steps 1000000 --seed 0 \
+    --quiet --ema-decay 0.999 --ema-warmup --sample-every 500 --precision bf16 --channels-last \
+    --augment translation,color,cutout "$@" --out "$OUT/$NAME" > "$OUT/$NAME.log" 2>&1
+OMP_NUM_THREADS=1 $LF eval "$OUT/$NAME" --ref emoji:train --n 2000 --no-ema --json "$OUT/$NAME.raw.json" \
+    > "$OUT/$NAME.eval.log" 2>&1
