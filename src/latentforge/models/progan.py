@@ -446,7 +446,7 @@ class Discriminator(_Growing):
         stage, alpha = self.progress()
         k = r // self.resolutions[stage]
         x = x[:, :, ::k, ::k] if k > 1 else x  # (N, C, r_stage, r_stage)
-        top = isinstance(self.from_rgb[stage], nn.Identity)  # rgb_top's last stage: its block reads x itself
+        top = self.cfg.rgb_top and stage == len(self.resolutions) - 1  # its block reads x itself (no fromRGB)
         h = x if top else F.leaky_relu(self.from_rgb[stage](x), LRELU)
         if stage > 0:
             h = self.blocks[stage](h)  # (N, ch_{s-1}, r_{s-1}, r_{s-1})
