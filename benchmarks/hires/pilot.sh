@@ -9,10 +9,8 @@
 set -euo pipefail
 OUT=$1; NAME=$2; MIN=$3
 shift 3
-LF=".venv/bin/python -m latentforge"
+source "$(dirname "$0")/common.sh"
 mkdir -p "$OUT"
-OMP_NUM_THREADS=1 $LF train --data emoji --res 64 --batch-size 64 --max-minutes "$MIN" --steps 1000000 --seed 0 \
-    --quiet --ema-decay 0.999 --ema-warmup --sample-every 500 --precision bf16 --channels-last \
-    --augment translation,color,cutout "$@" --out "$OUT/$NAME" > "$OUT/$NAME.log" 2>&1
+OMP_NUM_THREADS=1 $LF train "${common[@]}" "$@" --out "$OUT/$NAME" > "$OUT/$NAME.log" 2>&1
 OMP_NUM_THREADS=1 $LF eval "$OUT/$NAME" --ref emoji:train --n 2000 --no-ema --json "$OUT/$NAME.raw.json" \
     > "$OUT/$NAME.eval.log" 2>&1

@@ -10,10 +10,8 @@ set -euo pipefail
 MIN=$1
 OUT=$2
 shift 2
-LF=".venv/bin/python -m latentforge"
+source "$(dirname "$0")/common.sh"
 mkdir -p "$OUT"
-common=(--data emoji --res 64 --batch-size 64 --max-minutes "$MIN" --steps 1000000 --seed 0 --quiet --ema-decay 0.999
-        --ema-warmup --sample-every 500 --precision bf16 --channels-last --augment translation,color,cutout)
 OMP_NUM_THREADS=1 $LF train "${common[@]}" --model dcgan --width 32 --out "$OUT/dcgan" > "$OUT/dcgan.log" 2>&1 &
 OMP_NUM_THREADS=1 $LF train "${common[@]}" --model progan --width 8 --max-channels 128 --stage-images 6000 \
     --r1-gamma 0.1 --r1-every 4 "$@" --out "$OUT/progan" > "$OUT/progan.log" 2>&1 &

@@ -48,7 +48,8 @@ two about halves the work per image, which on a CPU decides how many images a ru
 paper's D has no normalization), `g_batch_norm` batch norm in G after the dense layer and every
 strided block's conv (before the LReLU and the pixel norm, which stays), as the DCGAN's G has, and
 `rgb_top` makes the last stage the DCGAN's outer layers: G's last transposed conv outputs the image
-(linear, gain 1, no 1x1 toRGB) and D's last block reads it (no 1x1 fromRGB, no batch norm). Growing, fade-in and everything above are the same for both.
+(linear, gain 1, no 1x1 toRGB) and D's last block reads it (no 1x1 fromRGB, no batch norm).
+Growing, fade-in and everything above are the same for both.
 """
 
 from __future__ import annotations
