@@ -245,12 +245,9 @@ class TrainConfig:
             raise ConfigError(f"progan_top_channels must be >= 0 (0 = by the width rule), got {self.progan_top_channels}")
         if self.progan_block not in PROGAN_BLOCKS:
             raise ConfigError(f"progan_block must be one of {PROGAN_BLOCKS}, got {self.progan_block!r}")
-        if self.progan_d_batch_norm and self.progan_block != "strided":
-            raise ConfigError("--progan-d-batch-norm needs --progan-block strided")
-        if self.progan_g_batch_norm and self.progan_block != "strided":
-            raise ConfigError("--progan-g-batch-norm needs --progan-block strided")
-        if self.progan_rgb_top and self.progan_block != "strided":
-            raise ConfigError("--progan-rgb-top needs --progan-block strided")
+        for field in ("progan_d_batch_norm", "progan_g_batch_norm", "progan_rgb_top"):  # strided-only switches
+            if getattr(self, field) and self.progan_block != "strided":
+                raise ConfigError(f"--{field.replace('_', '-')} needs --progan-block strided")
         if self.progan_rgb_top and self.progan_top_channels:
             raise ConfigError("--progan-rgb-top gives the last stage the image's channels; drop --progan-top-channels")
         if self.progan_block == "strided" and self.progan_upsample != "nearest":

@@ -139,12 +139,9 @@ class ProGANConfig:
             raise ValueError(f"block must be one of {PROGAN_BLOCKS}, got {self.block!r}")
         if self.top_channels < 0:
             raise ValueError(f"top_channels must be >= 0 (0 = by the width rule), got {self.top_channels}")
-        if self.d_batch_norm and self.block != "strided":
-            raise ValueError("d_batch_norm needs block='strided'")
-        if self.g_batch_norm and self.block != "strided":
-            raise ValueError("g_batch_norm needs block='strided'")
-        if self.rgb_top and self.block != "strided":
-            raise ValueError("rgb_top needs block='strided'")
+        for field in ("d_batch_norm", "g_batch_norm", "rgb_top"):  # switches of the strided blocks only
+            if getattr(self, field) and self.block != "strided":
+                raise ValueError(f"{field} needs block='strided'")
         if self.rgb_top and self.top_channels:
             raise ValueError("rgb_top sets the last stage's channels to the image's; leave top_channels at 0")
         if self.block == "strided" and self.upsample != "nearest":
