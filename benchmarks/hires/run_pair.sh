@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# A pair of issue 8's comparison (benchmarks/hires.md, ninth and tenth rounds): the seventh round's
+# A pair of issue 8's comparison (benchmarks/hires.md, ninth to twelfth rounds): the seventh round's
 # DCGAN and the fifth round's paper-block progan (width 8, lazy R1 gamma 0.1) with PROGAN_FLAGS on top,
 # side by side with one CPU thread each for MINUTES, scored with the protocol (EMA and raw G).
 #
 #   bash benchmarks/hires/run_pair.sh MINUTES OUTDIR [PROGAN_FLAGS...]
 #   bash benchmarks/hires/run_pair.sh 20 runs/p9/b20 --lr 2e-3       # the ninth round's 20-minute pair
 #   bash benchmarks/hires/run_pair.sh 60 runs/p10 --z-dim 100         # the tenth round's hour
+#   bash benchmarks/hires/run_pair.sh 60 runs/p12 --z-dim 100 --lr 2e-3 --lr-d 6e-3   # the twelfth round's hour
 set -euo pipefail
 MIN=$1
 OUT=$2
