@@ -4,7 +4,10 @@ and progan with the R1 penalty on every step and lazily (on one step in 16, Karr
 the fifth round's narrower progan (width 8) without R1 and with it on one step in 4, and the eighth
 round's progan with strided blocks (`--progan-block strided`, width 16, at most 256 channels: the
 DCGAN's channel counts) without R1 and with it on one step in 4, with 8 channels at 64 px
-(`--progan-top-channels 8`), and at width 8.
+(`--progan-top-channels 8`), and at width 8. With --stage S ... the progans are timed at those stages
+of their growth (alpha 1: at 4 * 2**S px, their output and the reals nearest-upsampled to 64 px, as
+training runs them) instead of fully grown; with --compile every selected variant without R1 is timed
+torch.compiled as well (inductor; R1's double backward cannot be compiled).
 
 Each variant runs train.gan_step as training does (Adam, DiffAugment translation,color,cutout,
 ns loss, D frozen in G's half, the networks wrapped as --precision / --channels-last wrap them),
@@ -13,12 +16,14 @@ default: each run of a round trains on one thread. The variants are timed in int
 (A B C ... A B C ...) so that a shared machine's load hits all alike; the median round is reported.
 A round is 16 steps (one lazy-R1 period), after 2 untimed steps per variant.
 
-    .venv/bin/python benchmarks/hires/bench_step64.py [--threads 1] [--rounds 3] [--only TEXT ...] [--json OUT]
+    .venv/bin/python benchmarks/hires/bench_step64.py [--threads 1] [--rounds 3] [--only TEXT ...] [--stage S ...]
+        [--compile] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -33,6 +38,7 @@ from machine import machine_info  # noqa: E402
 from latentforge import acceleration  # noqa: E402
 from latentforge.config import TrainConfig  # noqa: E402
 from latentforge.models import dcgan, progan  # noqa: E402
+from latentforge.models.progan import fade_reals, stage_resolutions  # noqa: E402
 from latentforge.train import gan_step, r1_gamma_at  # noqa: E402
 
 BATCH, RES, STEPS = 64, 64, 16
@@ -44,7 +50,8 @@ class Variant:
     """One model in one setting, with its own optimizers and a fixed real batch."""
 
     def __init__(self, model: str, precision: str, channels_last: bool, r1_gamma: float = 0.0, r1_every: int = 1,
-                 width: int | None = None, block: str = "paper", top: int = 0):
+                 width: int | None = None, block: str = "paper", top: int = 0, stage: int | None = None,
+                 compiled: bool = False):
         torch.manual_seed(0)
         width = width or (16 if model == "progan" else 32)
         if model == "progan":  # built fully grown: stage 4 (64 px), alpha 1
@@ -60,16 +67,29 @@ class Variant:
         self.z_dim = cfg.z_dim
         self.opt_G = torch.optim.Adam(G.parameters(), lr, betas=betas)
         self.opt_D = torch.optim.Adam(D.parameters(), lr, betas=betas)
+        self.real = torch.rand(BATCH, 3, RES, RES) * 2 - 1
+        at = ""
+        if model == "progan" and stage is not None:  # built fully grown; set back to `stage`, as training runs it
+            G.set_progress(stage, 1.0)
+            D.set_progress(stage, 1.0)
+            self.real = fade_reals(self.real, stage, 1.0, RES)
+            at = f" at {stage_resolutions(RES)[stage]} px"
         self.G = acceleration.autocast_view(G, precision, channels_last, CPU)
         self.D = acceleration.autocast_view(D, precision, channels_last, CPU)
-        self.real = torch.rand(BATCH, 3, RES, RES) * 2 - 1
+        if compiled:
+            self.G, self.D = torch.compile(self.G), torch.compile(self.D)
+        self.compiled = compiled
         self.train_cfg = TrainConfig(r1_gamma=r1_gamma, r1_every=r1_every)
         self.name = (f"{model}{' strided' if block == 'strided' else ''} w{width}{f' top{top}' if top else ''} {precision}"
                      f"{' channels-last' if channels_last else ''}"
-                     + (f" R1 gamma {r1_gamma:g} every {r1_every}" if r1_gamma else ""))
+                     + (f" R1 gamma {r1_gamma:g} every {r1_every}" if r1_gamma else "") + at
+                     + (" compiled" if compiled else ""))
+        self.args = dict(model=model, precision=precision, channels_last=channels_last, r1_gamma=r1_gamma,
+                         r1_every=r1_every, width=width, block=block, top=top, stage=stage)
         self.row = {"model": model, "width": width, "precision": precision, "channels_last": channels_last,
                     "r1_gamma": r1_gamma, "r1_every": r1_every, "block": block,
-                    "top_channels": top}
+                    "top_channels": top, "stage_resolution": stage_resolutions(RES)[stage] if at else RES,
+                    "compiled": compiled}
         self.step = 0
 
     def run(self, steps: int) -> float:
@@ -89,23 +109,31 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--only", nargs="+", metavar="TEXT",
                     help="time only the variants whose name contains one of these, e.g. 'w8' 'w32 bf16 channels-last'")
+    ap.add_argument("--stage", type=int, nargs="+", choices=range(len(stage_resolutions(RES))),
+                    help="time the progans at these stages of their growth (0: 4 px ... 4: 64 px, fully grown)")
+    ap.add_argument("--compile", action="store_true", help="also time each selected variant without R1 compiled")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    variants = [Variant(m, p, cl) for m in ("dcgan", "progan") for p in ("fp32", "bf16") for cl in (False, True)]
-    variants += [Variant("progan", "bf16", True, r1_gamma=10.0, r1_every=1),
-                 Variant("progan", "bf16", True, r1_gamma=10.0, r1_every=16)]
-    variants += [Variant("progan", "bf16", True, width=8),  # the fifth round's progan: width 8, lazy R1
-                 Variant("progan", "bf16", True, r1_gamma=1.0, r1_every=4, width=8)]
-    variants += [Variant("progan", "bf16", True, width=16, block="strided"),  # the eighth round's progan
-                 Variant("progan", "bf16", True, r1_gamma=0.1, r1_every=4, width=16, block="strided"),
-                 Variant("progan", "bf16", True, width=16, block="strided", top=8),
-                 Variant("progan", "bf16", True, width=8, block="strided")]
+    variants = [Variant("dcgan", p, cl) for p in ("fp32", "bf16") for cl in (False, True)]
+    for stage in args.stage or [None]:
+        V = functools.partial(Variant, "progan", stage=stage)
+        variants += [V(p, cl) for p in ("fp32", "bf16") for cl in (False, True)]
+        variants += [V("bf16", True, r1_gamma=10.0, r1_every=1),
+                     V("bf16", True, r1_gamma=10.0, r1_every=16)]
+        variants += [V("bf16", True, width=8),  # the fifth round's progan: width 8, lazy R1
+                     V("bf16", True, r1_gamma=1.0, r1_every=4, width=8)]
+        variants += [V("bf16", True, width=16, block="strided"),  # the eighth round's progan
+                     V("bf16", True, r1_gamma=0.1, r1_every=4, width=16, block="strided"),
+                     V("bf16", True, width=16, block="strided", top=8),
+                     V("bf16", True, width=8, block="strided")]
     if args.only:
         variants = [v for v in variants if any(text in v.name for text in args.only)]
         if not variants:
             ap.error(f"--only {args.only} matches no variant")
+    if args.compile:
+        variants += [Variant(**v.args, compiled=True) for v in variants if not v.args["r1_gamma"]]
     for v in variants:
-        v.run(2)  # untimed: allocations, oneDNN's kernel choice
+        v.run(8 if v.compiled else 2)  # untimed: allocations, oneDNN's kernel choice, compilation
     times: dict[str, list[float]] = {v.name: [] for v in variants}
     for r in range(args.rounds):
         for v in variants:
@@ -120,6 +148,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"machine": machine_info(), "threads": args.threads, "batch": BATCH,
                                          "steps_per_round": STEPS, "rounds": args.rounds, "augment": AUGMENT,
+                                         "stage": args.stage,
                                          "native_bf16": acceleration.native_bf16(CPU), "results": rows},
                                         indent=1) + "\n")
 
