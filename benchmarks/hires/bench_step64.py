@@ -14,7 +14,7 @@ ns loss, D frozen in G's half, the networks wrapped as --precision / --channels-
 batch 64, RGB 64 px; progan width 16 with at most 128 channels, DCGAN width 32. One torch thread by
 default: each run of a round trains on one thread. The variants are timed in interleaved rounds
 (A B C ... A B C ...) so that a shared machine's load hits all alike; the median round is reported.
-A round is 16 steps (one lazy-R1 period), after 2 untimed steps per variant.
+A round is 16 steps (one lazy-R1 period), after 2 untimed steps per variant (8 for a compiled one).
 
     .venv/bin/python benchmarks/hires/bench_step64.py [--threads 1] [--rounds 3] [--only TEXT ...] [--stage S ...]
         [--compile] [--json OUT]
