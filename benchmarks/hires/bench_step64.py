@@ -68,27 +68,26 @@ class Variant:
         self.opt_G = torch.optim.Adam(G.parameters(), lr, betas=betas)
         self.opt_D = torch.optim.Adam(D.parameters(), lr, betas=betas)
         self.real = torch.rand(BATCH, 3, RES, RES) * 2 - 1
-        at = ""
-        if model == "progan" and stage is not None:  # built fully grown; set back to `stage`, as training runs it
+        staged = model == "progan" and stage is not None
+        if staged:  # built fully grown; set back to `stage`, as training runs it
             G.set_progress(stage, 1.0)
             D.set_progress(stage, 1.0)
             self.real = fade_reals(self.real, stage, 1.0, RES)
-            at = f" at {stage_resolutions(RES)[stage]} px"
+        res = stage_resolutions(RES)[stage] if staged else RES
         self.G = acceleration.autocast_view(G, precision, channels_last, CPU)
         self.D = acceleration.autocast_view(D, precision, channels_last, CPU)
-        if compiled:
-            self.G, self.D = torch.compile(self.G), torch.compile(self.D)
+        self.G, self.D = acceleration.compile_net(self.G, compiled), acceleration.compile_net(self.D, compiled)
         self.compiled = compiled
         self.train_cfg = TrainConfig(r1_gamma=r1_gamma, r1_every=r1_every)
         self.name = (f"{model}{' strided' if block == 'strided' else ''} w{width}{f' top{top}' if top else ''} {precision}"
                      f"{' channels-last' if channels_last else ''}"
-                     + (f" R1 gamma {r1_gamma:g} every {r1_every}" if r1_gamma else "") + at
+                     + (f" R1 gamma {r1_gamma:g} every {r1_every}" if r1_gamma else "") + (f" at {res} px" if staged else "")
                      + (" compiled" if compiled else ""))
         self.args = dict(model=model, precision=precision, channels_last=channels_last, r1_gamma=r1_gamma,
                          r1_every=r1_every, width=width, block=block, top=top, stage=stage)
         self.row = {"model": model, "width": width, "precision": precision, "channels_last": channels_last,
                     "r1_gamma": r1_gamma, "r1_every": r1_every, "block": block,
-                    "top_channels": top, "stage_resolution": stage_resolutions(RES)[stage] if at else RES,
+                    "top_channels": top, "stage_resolution": res,
                     "compiled": compiled}
         self.step = 0
 
