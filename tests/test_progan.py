@@ -3,6 +3,7 @@ exact at alpha 0 and 1, shapes at every stage, and exact resume in the middle of
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -12,20 +13,24 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from latentforge.checkpoint import read_jsonl
-from latentforge.config import ConfigError, TrainConfig
+from latentforge import acceleration
+from latentforge.config import ConfigError, TrainConfig, read_run_config
 from latentforge.losses import GAN_LOSSES, d_loss_wasserstein_drift
 from latentforge.models import build_networks
 from latentforge.models.progan import (Discriminator, EqualizedConv2d, EqualizedConvTranspose2d, EqualizedLinear,
-                                       Generator, ProGANConfig,
-                                       fade_reals, minibatch_stddev, pixel_norm, progan_schedule, stage_resolutions)
+                                       Generator, ProGANConfig, _DBlock, _GBlock,
+                                       fade_reals, lrelu_pixel_norm, minibatch_stddev, pixel_norm, progan_schedule, stage_resolutions)
 from latentforge.train import gan_step, train
 
 
+# paper-unfused: the paper's blocks without fused_scale (up x2 and pooling as layers of their own);
 # strided-bn: the strided blocks with batch norm in G and in D; strided-rgb: with the image made and read by the last blocks
-BLOCKS = ["paper", "strided", "strided-bn", "strided-rgb"]
+BLOCKS = ["paper", "paper-unfused", "strided", "strided-bn", "strided-rgb"]
 
 
 def _block_kw(block: str) -> dict:
+    if block == "paper-unfused":
+        return dict(block="paper", fused_scale=False)
     if block == "strided-bn":
         return dict(block="strided", g_batch_norm=True, d_batch_norm=True)
     if block == "strided-rgb":
@@ -395,6 +400,66 @@ def test_strided_layers_start_as_the_paper_layers_they_fuse() -> None:
     assert not torch.allclose(up(h), near)
     with pytest.raises(ValueError, match="stride 2 with kernel 4"):
         EqualizedConv2d(3, 3, 3, stride=2)
+
+
+def test_fused_scale_blocks_compute_the_paper_layers_they_fuse() -> None:
+    """fused_scale: G's up x2 + first 3x3 conv run as one stride-2 transposed conv, the same function
+    and parameters (float64: equal to rounding); D's second conv + pooling as one stride-2 conv, which
+    pools before the LReLU (the official code's order; the unfused block pools after it)."""
+    torch.manual_seed(0)
+    g = _GBlock(6, 5, fused=True).double()
+    with torch.no_grad():
+        for p in g.parameters():
+            p.normal_()
+    h = torch.randn(2, 6, 4, 4, dtype=torch.float64)
+    g.fused = False
+    want = g(h)
+    g.fused = True
+    assert want.shape == (2, 5, 8, 8)
+    torch.testing.assert_close(g(h), want, rtol=1e-12, atol=1e-12)
+    assert not _GBlock(6, 5, upsample="bilinear", fused=True).fused  # only nearest upsampling fuses
+    d = _DBlock(5, 6, fused=True).double()
+    with torch.no_grad():
+        for p in d.parameters():
+            p.normal_()
+    x = torch.randn(2, 5, 8, 8, dtype=torch.float64)
+    c1, c2 = d.conv1, d.conv2
+    a = F.leaky_relu(c1(x), 0.2)
+    pool_first = F.leaky_relu(F.avg_pool2d(F.conv2d(a, c2.weight * c2.scale, padding=1), 2) + c2.bias.view(1, -1, 1, 1), 0.2)
+    torch.testing.assert_close(d(x), pool_first, rtol=1e-12, atol=1e-12)
+    d.fused = False
+    torch.testing.assert_close(d(x), F.avg_pool2d(F.leaky_relu(c2(a), 0.2), 2), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(d(x), pool_first)  # the order of pooling and LReLU matters
+
+
+def test_runs_saved_before_fused_scale_load_without_it(tmp_path: Path) -> None:
+    """A progan config.json without progan_fused_scale was written before the option: it loads with
+    False (D pooled after its LReLU then); a new run's config keeps its own value."""
+    run = tmp_path / "old"
+    run.mkdir()
+    TrainConfig(model="progan", resolution=32).save(run / "config.json")
+    payload = json.loads((run / "config.json").read_text())
+    assert payload.pop("progan_fused_scale") is True
+    (run / "config.json").write_text(json.dumps(payload))
+    assert read_run_config(run)[0].progan_fused_scale is False
+    TrainConfig(model="progan", resolution=32).save(run / "config.json")
+    assert read_run_config(run)[0].progan_fused_scale is True
+    nets = build_networks(TrainConfig(model="progan", resolution=32, progan_fused_scale=False), 3, 0)
+    assert not nets["G"].blocks[1].fused and not nets["D"].blocks[1].fused
+
+
+def test_compile_compiles_G_activations_only() -> None:
+    """--compile with progan: G's LReLU + pixel-norm pairs are torch.compiled (the same numbers to
+    float rounding), the networks themselves are not wrapped, and D is left eager (R1's double backward)."""
+    G, D = _nets(res=32, channels=3)
+    z = torch.randn(4, 8)
+    want = G(z)
+    assert acceleration.compile_net(G, True) is G and acceleration.compile_net(D, True) is D
+    assert all(b.act is not lrelu_pixel_norm for b in G.blocks)
+    torch.testing.assert_close(G(z), want, rtol=1e-4, atol=1e-4)
+    x = torch.randn(4, 3, 32, 32, requires_grad=True)  # R1 through D still works
+    (g,) = torch.autograd.grad(D(x).sum(), x, create_graph=True)
+    g.pow(2).sum().backward()
 
 
 def test_strided_blocks_are_one_conv_each_and_cheaper() -> None:

@@ -6,8 +6,10 @@ round's progan with strided blocks (`--progan-block strided`, width 16, at most 
 DCGAN's channel counts) without R1 and with it on one step in 4, with 8 channels at 64 px
 (`--progan-top-channels 8`), and at width 8. With --stage S ... the progans are timed at those stages
 of their growth (alpha 1: at 4 * 2**S px, their output and the reals nearest-upsampled to 64 px, as
-training runs them) instead of fully grown; with --compile every selected variant without R1 is timed
-torch.compiled as well (inductor; R1's double backward cannot be compiled).
+training runs them) instead of fully grown; with --compile every selected variant without R1, and every
+progan, is timed compiled as --compile compiles it as well (inductor; a whole network, or progan's
+`compile_parts`: G's LReLU + pixel-norm pairs, D eager; R1's double backward cannot be compiled); with
+--unfused every selected paper-block progan is timed without `fused_scale` as well (the rounds before it).
 
 Each variant runs train.gan_step as training does (Adam, DiffAugment translation,color,cutout,
 ns loss, D frozen in G's half, the networks wrapped as --precision / --channels-last wrap them),
@@ -17,7 +19,7 @@ default: each run of a round trains on one thread. The variants are timed in int
 A round is 16 steps (one lazy-R1 period), after 2 untimed steps per variant (8 for a compiled one).
 
     .venv/bin/python benchmarks/hires/bench_step64.py [--threads 1] [--rounds 3] [--only TEXT ...] [--stage S ...]
-        [--compile] [--json OUT]
+        [--compile] [--unfused] [--json OUT]
 """
 
 from __future__ import annotations
@@ -51,13 +53,13 @@ class Variant:
 
     def __init__(self, model: str, precision: str, channels_last: bool, r1_gamma: float = 0.0, r1_every: int = 1,
                  width: int | None = None, block: str = "paper", top: int = 0, stage: int | None = None,
-                 compiled: bool = False):
+                 compiled: bool = False, fused: bool = True):
         torch.manual_seed(0)
         width = width or (16 if model == "progan" else 32)
         if model == "progan":  # built fully grown: stage 4 (64 px), alpha 1
             max_ch = 256 if block == "strided" else 128  # strided: the DCGAN's 256 channels at 4 px
             cfg = progan.ProGANConfig(resolution=RES, img_channels=3, width=width, max_channels=max_ch, block=block,
-                                      top_channels=top)
+                                      top_channels=top, fused_scale=fused)
             G, D = progan.Generator(cfg), progan.Discriminator(cfg)
             lr, betas = 1e-3, (0.0, 0.999)  # progan's defaults
         else:
@@ -82,13 +84,13 @@ class Variant:
         self.name = (f"{model}{' strided' if block == 'strided' else ''} w{width}{f' top{top}' if top else ''} {precision}"
                      f"{' channels-last' if channels_last else ''}"
                      + (f" R1 gamma {r1_gamma:g} every {r1_every}" if r1_gamma else "") + (f" at {res} px" if staged else "")
-                     + (" compiled" if compiled else ""))
+                     + (" compiled" if compiled else "") + ("" if fused else " unfused"))
         self.args = dict(model=model, precision=precision, channels_last=channels_last, r1_gamma=r1_gamma,
-                         r1_every=r1_every, width=width, block=block, top=top, stage=stage)
+                         r1_every=r1_every, width=width, block=block, top=top, stage=stage, fused=fused)
         self.row = {"model": model, "width": width, "precision": precision, "channels_last": channels_last,
                     "r1_gamma": r1_gamma, "r1_every": r1_every, "block": block,
                     "top_channels": top, "stage_resolution": res,
-                    "compiled": compiled}
+                    "compiled": compiled, "fused_scale": fused}
         self.step = 0
 
     def run(self, steps: int) -> float:
@@ -110,7 +112,8 @@ def main() -> None:
                     help="time only the variants whose name contains one of these, e.g. 'w8' 'w32 bf16 channels-last'")
     ap.add_argument("--stage", type=int, nargs="+", choices=range(len(stage_resolutions(RES))),
                     help="time the progans at these stages of their growth (0: 4 px ... 4: 64 px, fully grown)")
-    ap.add_argument("--compile", action="store_true", help="also time each selected variant without R1 compiled")
+    ap.add_argument("--compile", action="store_true", help="also time each selected variant without R1, and each progan, compiled")
+    ap.add_argument("--unfused", action="store_true", help="also time each selected paper-block progan without fused_scale")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     variants = [Variant("dcgan", p, cl) for p in ("fp32", "bf16") for cl in (False, True)]
@@ -129,8 +132,12 @@ def main() -> None:
         variants = [v for v in variants if any(text in v.name for text in args.only)]
         if not variants:
             ap.error(f"--only {args.only} matches no variant")
+    if args.unfused:
+        variants += [Variant(**{**v.args, "fused": False}) for v in variants
+                     if v.args["model"] == "progan" and v.args["block"] == "paper"]
     if args.compile:
-        variants += [Variant(**v.args, compiled=True) for v in variants if not v.args["r1_gamma"]]
+        variants += [Variant(**v.args, compiled=True) for v in variants
+                     if (not v.args["r1_gamma"] or v.args["model"] == "progan") and v.args["fused"]]
     for v in variants:
         v.run(8 if v.compiled else 2)  # untimed: allocations, oneDNN's kernel choice, compilation
     times: dict[str, list[float]] = {v.name: [] for v in variants}

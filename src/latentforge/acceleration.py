@@ -21,7 +21,8 @@
 --channels-last    weights and activations in NHWC memory order, which cuDNN (tensor cores) and
                    oneDNN convolve faster; the same numbers up to float rounding.
 --compile          torch.compile of each trained network (the first steps compile: minutes on a
-                   CPU, and it needs a C++ compiler there).
+                   CPU, and it needs a C++ compiler there). progan: only G's LReLU + pixel-norm
+                   pairs (whole, it ran slower than eager; D stays eager for R1's double backward).
 
 Weights stay float32 in every mode (autocast casts copies), so checkpoints and sampling do not
 depend on these options. `autocast_view` wraps a network so that the step functions need no
@@ -145,5 +146,12 @@ def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
 
 
 def compile_net(net: nn.Module, enabled: bool) -> nn.Module:
-    """torch.compile(net) when enabled (the default backend, inductor), else `net`."""
-    return torch.compile(net) if enabled else net
+    """torch.compile(net) when enabled (the default backend, inductor), else `net`. A network with a
+    `compile_parts` method (progan's) compiles what that chooses instead, and `net` comes back as it is."""
+    if not enabled:
+        return net
+    inner = net.net if isinstance(net, AutocastView) else net
+    if hasattr(inner, "compile_parts"):
+        inner.compile_parts()
+        return net
+    return torch.compile(net)

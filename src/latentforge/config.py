@@ -99,6 +99,7 @@ class TrainConfig:
     progan_d_batch_norm: bool = False  # progan, strided blocks: batch norm in D's blocks (as the DCGAN's D)
     progan_g_batch_norm: bool = False  # progan, strided blocks: batch norm in G before every pixel norm (as the DCGAN's G)
     progan_rgb_top: bool = False  # progan, strided blocks: G's last block makes the image, D's reads it (as the DCGAN's)
+    progan_fused_scale: bool = True  # progan, paper blocks: up x2 + conv (G) and conv + pool (D) as one stride-2 conv
     upsample_factor: int = 2  # upsampler: output size / input size, 2 or 4 (resolution = the output size)
     recon_weight: float = 100.0  # upsampler: weight of the L1 reconstruction term (pix2pix uses 100)
 
@@ -326,5 +327,7 @@ def read_run_config(run_dir: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a latentforge run directory (no config.json)")
     payload = json.loads(path.read_text())
+    if payload.get("model") == "progan" and "progan_fused_scale" not in payload:
+        payload["progan_fused_scale"] = False  # saved before the option: D pooled after its LReLU then
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig.from_dict({k: v for k, v in payload.items() if k in known}), payload

@@ -130,6 +130,7 @@ class ProGANConfig:
     d_batch_norm: bool = False  # strided blocks only: batch norm after every D block's conv, as the DCGAN's D
     g_batch_norm: bool = False  # strided blocks only: batch norm in G before every LReLU + pixel norm, as the DCGAN's G
     rgb_top: bool = False  # strided blocks only: the last stage's G block makes the image, its D block reads it (no 1x1s)
+    fused_scale: bool = True  # paper blocks: G's up x2 + conv and D's conv + pooling as one stride-2 conv (official code's)
 
     def __post_init__(self) -> None:
         stage_resolutions(self.resolution)  # raises on an unsupported resolution
@@ -279,6 +280,12 @@ class _Growing(nn.Module):
         return int(self.stage), float(self.alpha)
 
 
+def lrelu_pixel_norm(x: torch.Tensor) -> torch.Tensor:
+    """pixel_norm(LeakyReLU(x)): what follows every conv of G. Generator.compile_activations swaps in
+    a torch.compiled copy, which fuses the five elementwise passes of the pair (forward and backward)."""
+    return pixel_norm(F.leaky_relu(x, LRELU))
+
+
 class _GInput(nn.Module):
     """z (N, z_dim) -> (N, ch, base, base): pixel norm on z, a dense layer (gain sqrt(2) / base,
     as the official code's sqrt(2)/4 at 4x4), a 3x3 conv (none with the strided blocks); batch norm
@@ -290,29 +297,35 @@ class _GInput(nn.Module):
         self.dense = EqualizedLinear(z_dim, ch * base * base, gain=math.sqrt(2) / base)
         self.conv = EqualizedConv2d(ch, ch, 3) if conv else None  # None: the strided block set's dense layer only
         self.norm = nn.BatchNorm2d(ch) if batch_norm else nn.Identity()
+        self.act = lrelu_pixel_norm
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.norm(self.dense(pixel_norm(z)).view(-1, self.ch, self.base, self.base))
-        h = pixel_norm(F.leaky_relu(h, LRELU))
-        return h if self.conv is None else pixel_norm(F.leaky_relu(self.conv(h), LRELU))
+        h = self.act(self.norm(self.dense(pixel_norm(z)).view(-1, self.ch, self.base, self.base)))
+        return h if self.conv is None else self.act(self.conv(h))
 
 
 class _GBlock(nn.Module):
     """(N, c_in, r, r) -> (N, c_out, 2r, 2r): up x2 (nearest as in the paper, or bilinear: no
-    blocky pattern of the lower stage shows through), two 3x3 convs, each + LReLU + pixel norm."""
+    blocky pattern of the lower stage shows through), two 3x3 convs, each + LReLU + pixel norm.
+    `fused` (nearest only): up x2 + the first conv computed as the one stride-2 transposed conv they
+    equal, with the 4x4 kernel `_fused_3x3` makes of the 3x3 one (the official code's
+    `upscale2d_conv2d`): the same function and parameters, without the 4x larger upsampled map."""
 
-    def __init__(self, c_in: int, c_out: int, upsample: str = "nearest"):
+    def __init__(self, c_in: int, c_out: int, upsample: str = "nearest", fused: bool = False):
         super().__init__()
         self.conv1, self.conv2 = EqualizedConv2d(c_in, c_out, 3), EqualizedConv2d(c_out, c_out, 3)
         self.upsample = upsample
+        self.fused = fused and upsample == "nearest"
+        self.act = lrelu_pixel_norm
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self.upsample == "bilinear":
-            h = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
+        if self.fused:  # conv_transpose2d's kernel is (in, out, k, k) and flipped against conv2d's
+            w = _fused_3x3(self.conv1.weight * self.conv1.scale).transpose(0, 1).flip(2, 3)
+            h = F.conv_transpose2d(h, w, self.conv1.bias, stride=2, padding=1)
         else:
-            h = F.interpolate(h, scale_factor=2, mode="nearest")
-        h = pixel_norm(F.leaky_relu(self.conv1(h), LRELU))
-        return pixel_norm(F.leaky_relu(self.conv2(h), LRELU))
+            h = self.conv1(F.interpolate(h, scale_factor=2, mode=self.upsample,
+                                         **({"align_corners": False} if self.upsample == "bilinear" else {})))
+        return self.act(self.conv2(self.act(h)))
 
 
 class _GBlockStrided(nn.Module):
@@ -324,8 +337,10 @@ class _GBlockStrided(nn.Module):
         self.conv = EqualizedConvTranspose2d(c_in, c_out)
         self.norm = nn.BatchNorm2d(c_out) if batch_norm else nn.Identity()
 
+        self.act = lrelu_pixel_norm
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return pixel_norm(F.leaky_relu(self.norm(self.conv(h)), LRELU))
+        return self.act(self.norm(self.conv(h)))
 
 
 class Generator(_Growing):
@@ -334,7 +349,8 @@ class Generator(_Growing):
         n, ch = len(self.resolutions), [cfg.channels(s) for s in range(len(self.resolutions))]
         # blocks[0]: z -> base x base; blocks[s]: stage s-1 -> stage s (doubles the size)
         strided = cfg.block == "strided"
-        block = partial(_GBlockStrided, batch_norm=cfg.g_batch_norm) if strided else partial(_GBlock, upsample=cfg.upsample)
+        block = partial(_GBlockStrided, batch_norm=cfg.g_batch_norm) if strided else \
+            partial(_GBlock, upsample=cfg.upsample, fused=cfg.fused_scale)
         self.blocks = nn.ModuleList([_GInput(cfg.z_dim, ch[0], self.resolutions[0], conv=not strided,
                                              batch_norm=cfg.g_batch_norm)]
                                     + [block(ch[s - 1], ch[s]) for s in range(1, n)])
@@ -342,6 +358,16 @@ class Generator(_Growing):
         if cfg.rgb_top:  # the last block is the image's layer, linear as toRGB (gain 1), as the DCGAN's last layer
             self.blocks[-1] = EqualizedConvTranspose2d(ch[-2], cfg.img_channels, gain=1.0)
             self.to_rgb[-1] = nn.Identity()
+
+    def compile_parts(self) -> None:
+        """--compile: torch.compile the LReLU + pixel norm after every conv (one compiled function for
+        all blocks), which fuses their elementwise passes, forward and backward; the convs stay eager.
+        Compiled whole, this network was slower than eager on a CPU (its forward breaks the graph where
+        it reads its stage; benchmarks/hires.md, thirteenth round)."""
+        act = torch.compile(lrelu_pixel_norm)
+        for block in self.blocks:
+            if hasattr(block, "act"):
+                block.act = act
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """z (N, z_dim) -> images (N, C, res, res), roughly in [-1, 1] (linear output). At a lower
@@ -366,14 +392,21 @@ class Generator(_Growing):
 
 
 class _DBlock(nn.Module):
-    """(N, c_in, 2r, 2r) -> (N, c_out, r, r): two 3x3 convs + LReLU, then average pooling x2."""
+    """(N, c_in, 2r, 2r) -> (N, c_out, r, r): two 3x3 convs + LReLU, then average pooling x2 (the
+    paper's table 2). `fused`: the second conv and the pooling computed as the one stride-2 4x4 conv
+    they equal (`_fused_3x3` / 4, the official code's `conv2d_downscale2d`), which pools before the
+    LReLU, as the official code does: a quarter of the pixels for the LReLU, no full-size map."""
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, fused: bool = False):
         super().__init__()
         self.conv1, self.conv2 = EqualizedConv2d(c_in, c_in, 3), EqualizedConv2d(c_in, c_out, 3)
+        self.fused = fused
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = F.leaky_relu(self.conv1(h), LRELU)
+        if self.fused:
+            w = _fused_3x3(self.conv2.weight * self.conv2.scale) / 4
+            return F.leaky_relu(F.conv2d(h, w, self.conv2.bias, stride=2, padding=1), LRELU)
         return F.avg_pool2d(F.leaky_relu(self.conv2(h), LRELU), 2)
 
 
@@ -427,12 +460,16 @@ class Discriminator(_Growing):
         # blocks[0]: base x base -> logit; blocks[s]: stage s -> stage s-1 (halves the size)
         strided = cfg.block == "strided"
         out = _DOutputStrided if strided else _DOutput
-        block = partial(_DBlockStrided, batch_norm=cfg.d_batch_norm) if strided else _DBlock
+        block = partial(_DBlockStrided, batch_norm=cfg.d_batch_norm) if strided else partial(_DBlock, fused=cfg.fused_scale)
         self.blocks = nn.ModuleList([out(ch[0], self.resolutions[0], cfg.mbstd_group)]
                                     + [block(ch[s], ch[s - 1]) for s in range(1, n)])
         if cfg.rgb_top:  # the last block reads the image itself (no batch norm: the DCGAN's first layer has none)
             self.from_rgb[-1] = nn.Identity()
             self.blocks[-1] = _DBlockStrided(cfg.img_channels, ch[-2])
+
+    def compile_parts(self) -> None:
+        """--compile: nothing is compiled in D. Its layers sit under the R1 and WGAN-GP penalties'
+        double backward, which compiled code cannot take (AOTAutograd refuses it)."""
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """images (N, C, res, res) -> logits (N,). At a lower stage D reads every k-th pixel
