@@ -90,7 +90,7 @@ class Variant:
         self.row = {"model": model, "width": width, "precision": precision, "channels_last": channels_last,
                     "r1_gamma": r1_gamma, "r1_every": r1_every, "block": block,
                     "top_channels": top, "stage_resolution": res,
-                    "compiled": compiled, "fused_scale": fused}
+                    "compiled": compiled, "fused_scale": fused if model == "progan" else None}
         self.step = 0
 
     def run(self, steps: int) -> float:
