@@ -19,7 +19,8 @@ from latentforge.losses import GAN_LOSSES, d_loss_wasserstein_drift
 from latentforge.models import build_networks
 from latentforge.models.progan import (Discriminator, EqualizedConv2d, EqualizedConvTranspose2d, EqualizedLinear,
                                        Generator, ProGANConfig, _DBlock, _GBlock,
-                                       fade_reals, lrelu_pixel_norm, minibatch_stddev, pixel_norm, progan_schedule, stage_resolutions)
+                                       fade_reals, lrelu_pixel_norm, minibatch_stddev, pixel_norm, progan_schedule,
+                                       stage_resolutions)
 from latentforge.train import gan_step, train
 
 

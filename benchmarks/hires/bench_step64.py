@@ -112,7 +112,8 @@ def main() -> None:
                     help="time only the variants whose name contains one of these, e.g. 'w8' 'w32 bf16 channels-last'")
     ap.add_argument("--stage", type=int, nargs="+", choices=range(len(stage_resolutions(RES))),
                     help="time the progans at these stages of their growth (0: 4 px ... 4: 64 px, fully grown)")
-    ap.add_argument("--compile", action="store_true", help="also time each selected variant without R1, and each progan, compiled")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time each selected variant without R1, and each progan, compiled")
     ap.add_argument("--unfused", action="store_true", help="also time each selected paper-block progan without fused_scale")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A pair of issue 8's comparison (benchmarks/hires.md, ninth to twelfth rounds): the seventh round's
+# A pair of issue 8's comparison (benchmarks/hires.md, ninth to twelfth and fourteenth rounds): the seventh round's
 # DCGAN and the fifth round's paper-block progan (width 8, lazy R1 gamma 0.1) with PROGAN_FLAGS on top,
 # side by side with one CPU thread each for MINUTES, scored with the protocol (EMA and raw G).
 #

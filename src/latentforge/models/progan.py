@@ -33,23 +33,25 @@ Layers (paper, section 4 and table 2):
   output (no tanh). Channels: `width` at the target resolution, doubled per halving, capped
   at `max_channels` (the paper's fmap_max, 512); `top_channels` overrides the last stage's.
 
-Blocks (`block`). "paper": G's block is up x2 + two 3x3 convs, D's two 3x3 convs + average
-pooling, G's input a dense layer + a 3x3 conv, D's output minibatch stddev + 3x3 conv + two dense
-layers (table 2). "strided": every block is one 4x4 stride-2 conv, transposed in G, the DCGAN's
-layer (Radford et al. 2016), with pixel norm and the equalized learning rate as above; G's input is
-the dense layer alone, D's output minibatch stddev + one dense layer to the logit. The 4x4 kernels
-start as the paper's official code fuses its layers at high resolutions (`upscale2d_conv2d`,
-`conv2d_downscale2d`): G's as nearest x2 upsampling + a 3x3 conv, D's as a 3x3 conv + 2x2 average
-pooling (`_fused_3x3`), so the first images are as smooth as the paper's blocks make them (a 4x4
-kernel drawn freely starts as a checkerboard of four independent noise images, and the generator
-did not learn its way out of it); trained, the 4x4 kernels are free. One conv per block instead of
-two about halves the work per image, which on a CPU decides how many images a run sees.
-`d_batch_norm` adds batch norm after every strided D block's conv, as the DCGAN's D has (the
+Blocks (`block`). "paper": G's block is up x2 + two 3x3 convs, D's two 3x3 convs + average pooling,
+G's input a dense layer + a 3x3 conv, D's output minibatch stddev + 3x3 conv + two dense layers
+(table 2); with `fused_scale` (the default) G's up x2 + first conv and D's second conv + pooling
+each run as the one stride-2 conv they equal (the official code's default; D then pools before its
+LReLU, the official code's order). "strided": every block is one 4x4 stride-2 conv, transposed in G,
+the DCGAN's layer (Radford et al. 2016), with pixel norm and the equalized learning rate as above;
+G's input is the dense layer alone, D's output minibatch stddev + one dense layer to the logit. The
+4x4 kernels start as the paper's official code fuses its layers
+(`upscale2d_conv2d`, `conv2d_downscale2d`): G's as nearest x2 upsampling + a 3x3 conv, D's as a 3x3
+conv + 2x2 average pooling (`_fused_3x3`), so the first images are as smooth as the paper's blocks
+make them (a 4x4 kernel drawn freely starts as a checkerboard of four independent noise images, and
+the generator did not learn its way out of it); trained, the 4x4 kernels are free. One conv per
+block instead of two about halves the work per image, which on a CPU decides how many images a run
+sees. `d_batch_norm` adds batch norm after every strided D block's conv, as the DCGAN's D has (the
 paper's D has no normalization), `g_batch_norm` batch norm in G after the dense layer and every
 strided block's conv (before the LReLU and the pixel norm, which stays), as the DCGAN's G has, and
 `rgb_top` makes the last stage the DCGAN's outer layers: G's last transposed conv outputs the image
-(linear, gain 1, no 1x1 toRGB) and D's last block reads it (no 1x1 fromRGB, no batch norm).
-Growing, fade-in and everything above are the same for both.
+(linear, gain 1, no 1x1 toRGB) and D's last block reads it (no 1x1 fromRGB, no batch norm). Growing,
+fade-in and everything above are the same for both.
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ class ProGANConfig:
     d_batch_norm: bool = False  # strided blocks only: batch norm after every D block's conv, as the DCGAN's D
     g_batch_norm: bool = False  # strided blocks only: batch norm in G before every LReLU + pixel norm, as the DCGAN's G
     rgb_top: bool = False  # strided blocks only: the last stage's G block makes the image, its D block reads it (no 1x1s)
-    fused_scale: bool = True  # paper blocks: G's up x2 + conv and D's conv + pooling as one stride-2 conv (official code's)
+    fused_scale: bool = True  # paper blocks: G's up x2 + conv, D's conv + pool as one stride-2 conv (official code's)
 
     def __post_init__(self) -> None:
         stage_resolutions(self.resolution)  # raises on an unsupported resolution
@@ -460,7 +462,8 @@ class Discriminator(_Growing):
         # blocks[0]: base x base -> logit; blocks[s]: stage s -> stage s-1 (halves the size)
         strided = cfg.block == "strided"
         out = _DOutputStrided if strided else _DOutput
-        block = partial(_DBlockStrided, batch_norm=cfg.d_batch_norm) if strided else partial(_DBlock, fused=cfg.fused_scale)
+        block = partial(_DBlockStrided, batch_norm=cfg.d_batch_norm) if strided else \
+            partial(_DBlock, fused=cfg.fused_scale)
         self.blocks = nn.ModuleList([out(ch[0], self.resolutions[0], cfg.mbstd_group)]
                                     + [block(ch[s], ch[s - 1]) for s in range(1, n)])
         if cfg.rgb_top:  # the last block reads the image itself (no batch norm: the DCGAN's first layer has none)
