@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from latentforge.checkpoint import read_jsonl
 from latentforge import acceleration
+from latentforge.checkpoint import read_jsonl
 from latentforge.config import ConfigError, TrainConfig, read_run_config
 from latentforge.losses import GAN_LOSSES, d_loss_wasserstein_drift
 from latentforge.models import build_networks
@@ -426,7 +426,8 @@ def test_fused_scale_blocks_compute_the_paper_layers_they_fuse() -> None:
     x = torch.randn(2, 5, 8, 8, dtype=torch.float64)
     c1, c2 = d.conv1, d.conv2
     a = F.leaky_relu(c1(x), 0.2)
-    pool_first = F.leaky_relu(F.avg_pool2d(F.conv2d(a, c2.weight * c2.scale, padding=1), 2) + c2.bias.view(1, -1, 1, 1), 0.2)
+    pooled = F.avg_pool2d(F.conv2d(a, c2.weight * c2.scale, padding=1), 2)
+    pool_first = F.leaky_relu(pooled + c2.bias.view(1, -1, 1, 1), 0.2)
     torch.testing.assert_close(d(x), pool_first, rtol=1e-12, atol=1e-12)
     d.fused = False
     torch.testing.assert_close(d(x), F.avg_pool2d(F.leaky_relu(c2(a), 0.2), 2), rtol=1e-12, atol=1e-12)

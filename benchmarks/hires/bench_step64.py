@@ -8,7 +8,8 @@ DCGAN's channel counts) without R1 and with it on one step in 4, with 8 channels
 of their growth (alpha 1: at 4 * 2**S px, their output and the reals nearest-upsampled to 64 px, as
 training runs them) instead of fully grown; with --compile every selected variant without R1, and every
 progan, is timed compiled as --compile compiles it as well (inductor; a whole network, or progan's
-`compile_parts`: G's LReLU + pixel-norm pairs, D eager; R1's double backward cannot be compiled); with
+`compile_parts`: G's LReLU + pixel-norm pairs, D eager; R1's double backward cannot be compiled; the
+thirteenth round's compiled progans were compiled whole, before compile_parts existed); with
 --unfused every selected paper-block progan is timed without `fused_scale` as well (the rounds before it).
 
 Each variant runs train.gan_step as training does (Adam, DiffAugment translation,color,cutout,

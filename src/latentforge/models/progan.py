@@ -283,8 +283,8 @@ class _Growing(nn.Module):
 
 
 def lrelu_pixel_norm(x: torch.Tensor) -> torch.Tensor:
-    """pixel_norm(LeakyReLU(x)): what follows every conv of G. Generator.compile_activations swaps in
-    a torch.compiled copy, which fuses the five elementwise passes of the pair (forward and backward)."""
+    """pixel_norm(LeakyReLU(x)): what follows every conv of G. Generator.compile_parts swaps in a
+    torch.compiled copy, which fuses the pair's elementwise passes (forward and backward)."""
     return pixel_norm(F.leaky_relu(x, LRELU))
 
 
@@ -338,7 +338,6 @@ class _GBlockStrided(nn.Module):
         super().__init__()
         self.conv = EqualizedConvTranspose2d(c_in, c_out)
         self.norm = nn.BatchNorm2d(c_out) if batch_norm else nn.Identity()
-
         self.act = lrelu_pixel_norm
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
