@@ -324,9 +324,10 @@ class _GBlock(nn.Module):
         if self.fused:  # conv_transpose2d's kernel is (in, out, k, k) and flipped against conv2d's
             w = _fused_3x3(self.conv1.weight * self.conv1.scale).transpose(0, 1).flip(2, 3)
             h = F.conv_transpose2d(h, w, self.conv1.bias, stride=2, padding=1)
+        elif self.upsample == "bilinear":
+            h = self.conv1(F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False))
         else:
-            h = self.conv1(F.interpolate(h, scale_factor=2, mode=self.upsample,
-                                         **({"align_corners": False} if self.upsample == "bilinear" else {})))
+            h = self.conv1(F.interpolate(h, scale_factor=2, mode="nearest"))
         return self.act(self.conv2(self.act(h)))
 
 
