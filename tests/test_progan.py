@@ -492,6 +492,39 @@ def test_top_channels_sets_the_last_stage_only() -> None:
         ProGANConfig(top_channels=-2)
 
 
+@pytest.mark.parametrize("block", ["paper", "paper-unfused", "strided"])
+def test_d_width_widens_the_discriminator_only_and_trains_through_a_fade(block: str) -> None:
+    """--progan-d-width: D's channels follow the width rule from d_width (capped at max_channels), G's from
+    width, unchanged; D with its own width reads every stage, and a step mid-fade with R1 changes G and D."""
+    cfg = ProGANConfig(resolution=32, img_channels=3, z_dim=8, width=4, max_channels=24, d_width=8, **_block_kw(block))
+    assert [cfg.channels(s) for s in range(cfg.n_stages)] == [24, 16, 8, 4]
+    assert [cfg.channels(s, d=True) for s in range(cfg.n_stages)] == [24, 24, 16, 8]
+    torch.manual_seed(0)
+    G, D = Generator(cfg), Discriminator(cfg)
+    assert [m.weight.shape[0] for m in D.from_rgb] == [24, 24, 16, 8]
+    assert [m.weight.shape[1] for m in G.to_rgb] == [24, 16, 8, 4]
+    same = Generator(ProGANConfig(**{**cfg.__dict__, "d_width": 0}))
+    assert [p.shape for p in same.parameters()] == [p.shape for p in G.parameters()]
+    x = _dyadic(8, 3, 32, 32)
+    for stage in range(cfg.n_stages):
+        D.set_progress(stage, 0.5 if stage else 1.0)
+        assert D(fade_reals(x, stage, 0.5 if stage else 1.0, 32)).shape == (8,)
+    for net in (G, D):
+        net.set_progress(2, 0.5)
+    opt_G, opt_D = torch.optim.Adam(G.parameters(), 1e-3), torch.optim.Adam(D.parameters(), 1e-3)
+    before_G, before_D = [p.detach().clone() for p in G.parameters()], [p.detach().clone() for p in D.parameters()]
+    out = gan_step(G, D, opt_G, opt_D, fade_reals(x, 2, 0.5, 32), 8, r1_gamma=1.0)
+    assert math.isfinite(out["loss/r1"]) and out["loss/r1"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before_G, G.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before_D, D.parameters()))
+    nets = build_networks(TrainConfig(model="progan", resolution=32, width=4, max_channels=24, progan_d_width=8), 3, 0)
+    assert nets["D"].from_rgb[3].weight.shape == (8, 3, 1, 1) and nets["G"].to_rgb[3].weight.shape == (3, 4, 1, 1)
+    with pytest.raises(ValueError, match="d_width must be >= 0"):
+        ProGANConfig(d_width=-1)
+    with pytest.raises(ConfigError, match="progan_d_width must be >= 0"):
+        TrainConfig(model="progan", progan_d_width=-8)
+
+
 def test_strided_discriminator_with_batch_norm_trains_with_r1() -> None:
     """--progan-d-batch-norm: a batch norm after every strided D block's conv (not after fromRGB, as the
     DCGAN's first layer), through which R1's double backward runs; a step changes G and D."""

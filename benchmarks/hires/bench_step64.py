@@ -10,7 +10,8 @@ training runs them) instead of fully grown; with --compile every selected varian
 progan, is timed compiled as --compile compiles it as well (inductor; a whole network, or progan's
 `compile_parts`: G's LReLU + pixel-norm pairs, D eager; R1's double backward cannot be compiled; the
 thirteenth round's compiled progans were compiled whole, before compile_parts existed); with
---unfused every selected paper-block progan is timed without `fused_scale` as well (the rounds before it).
+--unfused every selected paper-block progan is timed without `fused_scale` as well (the rounds before it);
+with --d-width W every selected progan is timed with D W channels wide at 64 px as well (`--progan-d-width`).
 
 Each variant runs train.gan_step as training does (Adam, DiffAugment translation,color,cutout,
 ns loss, D frozen in G's half, the networks wrapped as --precision / --channels-last wrap them),
@@ -20,7 +21,7 @@ default: each run of a round trains on one thread. The variants are timed in int
 A round is 16 steps (one lazy-R1 period), after 2 untimed steps per variant (8 for a compiled one).
 
     .venv/bin/python benchmarks/hires/bench_step64.py [--threads 1] [--rounds 3] [--only TEXT ...] [--stage S ...]
-        [--compile] [--unfused] [--json OUT]
+        [--compile] [--unfused] [--d-width W ...] [--json OUT]
 """
 
 from __future__ import annotations
@@ -54,13 +55,13 @@ class Variant:
 
     def __init__(self, model: str, precision: str, channels_last: bool, r1_gamma: float = 0.0, r1_every: int = 1,
                  width: int | None = None, block: str = "paper", top: int = 0, stage: int | None = None,
-                 compiled: bool = False, fused: bool = True):
+                 compiled: bool = False, fused: bool = True, d_width: int = 0):
         torch.manual_seed(0)
         width = width or (16 if model == "progan" else 32)
         if model == "progan":  # built fully grown: stage 4 (64 px), alpha 1
             max_ch = 256 if block == "strided" else 128  # strided: the DCGAN's 256 channels at 4 px
             cfg = progan.ProGANConfig(resolution=RES, img_channels=3, width=width, max_channels=max_ch, block=block,
-                                      top_channels=top, fused_scale=fused)
+                                      top_channels=top, fused_scale=fused, d_width=d_width)
             G, D = progan.Generator(cfg), progan.Discriminator(cfg)
             lr, betas = 1e-3, (0.0, 0.999)  # progan's defaults
         else:
@@ -85,13 +86,16 @@ class Variant:
         self.name = (f"{model}{' strided' if block == 'strided' else ''} w{width}{f' top{top}' if top else ''} {precision}"
                      f"{' channels-last' if channels_last else ''}"
                      + (f" R1 gamma {r1_gamma:g} every {r1_every}" if r1_gamma else "") + (f" at {res} px" if staged else "")
-                     + (" compiled" if compiled else "") + ("" if fused else " unfused"))
+                     + (" compiled" if compiled else "") + ("" if fused else " unfused")
+                     + (f" D w{d_width}" if d_width else ""))
         self.args = dict(model=model, precision=precision, channels_last=channels_last, r1_gamma=r1_gamma,
-                         r1_every=r1_every, width=width, block=block, top=top, stage=stage, fused=fused)
+                         r1_every=r1_every, width=width, block=block, top=top, stage=stage, fused=fused,
+                         d_width=d_width)
         self.row = {"model": model, "width": width, "precision": precision, "channels_last": channels_last,
                     "r1_gamma": r1_gamma, "r1_every": r1_every, "block": block,
                     "top_channels": top, "stage_resolution": res,
-                    "compiled": compiled, "fused_scale": fused if model == "progan" else None}
+                    "compiled": compiled, "fused_scale": fused if model == "progan" else None,
+                    "d_width": (d_width or width) if model == "progan" else None}
         self.step = 0
 
     def run(self, steps: int) -> float:
@@ -116,6 +120,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="also time each selected variant without R1, and each progan, compiled")
     ap.add_argument("--unfused", action="store_true", help="also time each selected paper-block progan without fused_scale")
+    ap.add_argument("--d-width", type=int, nargs="+", default=[], metavar="W",
+                    help="also time each selected progan with D this wide at 64 px (--progan-d-width)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     variants = [Variant("dcgan", p, cl) for p in ("fp32", "bf16") for cl in (False, True)]
@@ -137,6 +143,8 @@ def main() -> None:
     if args.unfused:
         variants += [Variant(**{**v.args, "fused": False}) for v in variants
                      if v.args["model"] == "progan" and v.args["block"] == "paper"]
+    variants += [Variant(**{**v.args, "d_width": w}) for w in args.d_width for v in variants
+                 if v.args["model"] == "progan"]
     if args.compile:
         variants += [Variant(**v.args, compiled=True) for v in variants
                      if (not v.args["r1_gamma"] or v.args["model"] == "progan") and v.args["fused"]]

@@ -128,6 +128,7 @@ def train(
     lr_decay_steps: Optional[int] = typer.Option(None, help="Steps over which --lr-decay goes to 0; default: --steps (fixed when the run starts)."),
     progan_upsample: str = typer.Option("nearest", help="progan: G's x2 upsampling inside each block: nearest (the paper's) or bilinear (no blocky pattern of the lower stages shows through)."),
     progan_top_channels: int = typer.Option(0, help="progan: channels of the last stage (the target resolution), where each channel costs most; 0 = by the --width rule as every other stage."),
+    progan_d_width: int = typer.Option(0, help="progan: D's channels at the target resolution, doubled per halving of the resolution up to --max-channels, as G's by --width; 0 = --width (the paper's D is as wide as G)."),
     progan_d_batch_norm: bool = typer.Option(False, "--progan-d-batch-norm/--no-progan-d-batch-norm", help="progan with --progan-block strided: batch norm after the conv of every D block, as the DCGAN's D."),
     progan_rgb_top: bool = typer.Option(False, "--progan-rgb-top/--no-progan-rgb-top", help="progan with --progan-block strided: the last stage's G block outputs the image and its D block reads it (no 1x1 toRGB/fromRGB there), as the DCGAN's outer layers."),
     progan_fused_scale: bool = typer.Option(True, "--progan-fused-scale/--no-progan-fused-scale", help="progan, paper blocks: G's up x2 + first conv and D's second conv + pooling each run as one stride-2 conv (the official code's fused_scale; D then pools before its LReLU): about 1.25x faster at 64 px. --no-progan-fused-scale: the paper's table 2 as the runs before the option."),
@@ -187,6 +188,7 @@ def train(
             lr_decay=lr_decay, lr_decay_steps=lr_decay_steps, progan_upsample=progan_upsample, progan_block=progan_block,
             progan_top_channels=progan_top_channels, progan_d_batch_norm=progan_d_batch_norm,
             progan_g_batch_norm=progan_g_batch_norm, progan_rgb_top=progan_rgb_top, progan_fused_scale=progan_fused_scale,
+            progan_d_width=progan_d_width,
             recon_weight=recon_weight,
         )
         if preset != "none":

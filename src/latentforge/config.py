@@ -100,6 +100,7 @@ class TrainConfig:
     progan_g_batch_norm: bool = False  # progan, strided blocks: batch norm in G before every pixel norm (as the DCGAN's G)
     progan_rgb_top: bool = False  # progan, strided blocks: G's last block makes the image, D's reads it (as the DCGAN's)
     progan_fused_scale: bool = True  # progan, paper blocks: up x2 + conv (G) and conv + pool (D) as one stride-2 conv
+    progan_d_width: int = 0  # progan: D's channels at the target resolution (doubled per halving); 0 = --width
     upsample_factor: int = 2  # upsampler: output size / input size, 2 or 4 (resolution = the output size)
     recon_weight: float = 100.0  # upsampler: weight of the L1 reconstruction term (pix2pix uses 100)
 
@@ -244,6 +245,8 @@ class TrainConfig:
             raise ConfigError(f"progan_upsample must be one of {PROGAN_UPSAMPLES}, got {self.progan_upsample!r}")
         if self.progan_top_channels < 0:
             raise ConfigError(f"progan_top_channels must be >= 0 (0 = by the width rule), got {self.progan_top_channels}")
+        if self.progan_d_width < 0:
+            raise ConfigError(f"progan_d_width must be >= 0 (0 = --width), got {self.progan_d_width}")
         if self.progan_block not in PROGAN_BLOCKS:
             raise ConfigError(f"progan_block must be one of {PROGAN_BLOCKS}, got {self.progan_block!r}")
         for field in ("progan_d_batch_norm", "progan_g_batch_norm", "progan_rgb_top"):  # strided-only switches

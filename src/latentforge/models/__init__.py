@@ -56,7 +56,8 @@ def _build_progan(cfg: TrainConfig, channels: int, num_classes: int = 0) -> dict
                              max_channels=cfg.max_channels, upsample=cfg.progan_upsample,
                              block=cfg.progan_block, top_channels=cfg.progan_top_channels,
                              d_batch_norm=cfg.progan_d_batch_norm, g_batch_norm=cfg.progan_g_batch_norm,
-                             rgb_top=cfg.progan_rgb_top, fused_scale=cfg.progan_fused_scale)
+                             rgb_top=cfg.progan_rgb_top, fused_scale=cfg.progan_fused_scale,
+                             d_width=cfg.progan_d_width)
     return {"G": progan.Generator(mc), "D": progan.Discriminator(mc)}
 
 

@@ -32,6 +32,7 @@ Layers (paper, section 4 and table 2):
   the fade's skip path stays nearest, as `fade_reals`), average-pool downsampling, linear
   output (no tanh). Channels: `width` at the target resolution, doubled per halving, capped
   at `max_channels` (the paper's fmap_max, 512); `top_channels` overrides the last stage's.
+  `d_width` gives D its own width under the same rule (the paper's D and G are alike).
 
 Blocks (`block`). "paper": G's block is up x2 + two 3x3 convs, D's two 3x3 convs + average pooling,
 G's input a dense layer + a 3x3 conv, D's output minibatch stddev + 3x3 conv + two dense layers
@@ -133,6 +134,7 @@ class ProGANConfig:
     g_batch_norm: bool = False  # strided blocks only: batch norm in G before every LReLU + pixel norm, as the DCGAN's G
     rgb_top: bool = False  # strided blocks only: the last stage's G block makes the image, its D block reads it (no 1x1s)
     fused_scale: bool = True  # paper blocks: G's up x2 + conv, D's conv + pool as one stride-2 conv (official code's)
+    d_width: int = 0  # D's channels at the target resolution, doubled per halving as G's; 0 = width (as the paper)
 
     def __post_init__(self) -> None:
         stage_resolutions(self.resolution)  # raises on an unsupported resolution
@@ -142,6 +144,8 @@ class ProGANConfig:
             raise ValueError(f"block must be one of {PROGAN_BLOCKS}, got {self.block!r}")
         if self.top_channels < 0:
             raise ValueError(f"top_channels must be >= 0 (0 = by the width rule), got {self.top_channels}")
+        if self.d_width < 0:
+            raise ValueError(f"d_width must be >= 0 (0 = width), got {self.d_width}")
         for field in ("d_batch_norm", "g_batch_norm", "rgb_top"):  # switches of the strided blocks only
             if getattr(self, field) and self.block != "strided":
                 raise ValueError(f"{field} needs block='strided'")
@@ -156,13 +160,15 @@ class ProGANConfig:
     def n_stages(self) -> int:
         return len(stage_resolutions(self.resolution))
 
-    def channels(self, stage: int) -> int:
-        """Feature maps at stage `stage`: width * 2**(stages above it), at most max_channels; the last
-        stage has top_channels where that is set (a thin stage at the full resolution, where every
-        channel costs most), or the image's channels with rgb_top."""
+    def channels(self, stage: int, d: bool = False) -> int:
+        """Feature maps at stage `stage` (of D with `d`): width (or d_width, where set, for D) *
+        2**(stages above it), at most max_channels; the last stage has top_channels where that is set
+        (a thin stage at the full resolution, where every channel costs most), or the image's channels
+        with rgb_top."""
         if stage == self.n_stages - 1 and (self.top_channels or self.rgb_top):
             return self.img_channels if self.rgb_top else self.top_channels
-        return min(self.width * 2 ** (self.n_stages - 1 - stage), self.max_channels)
+        width = self.d_width if d and self.d_width else self.width
+        return min(width * 2 ** (self.n_stages - 1 - stage), self.max_channels)
 
 
 # ---------------------------------------------------------------------------- layers
@@ -457,7 +463,7 @@ class _DOutputStrided(nn.Module):
 class Discriminator(_Growing):
     def __init__(self, cfg: ProGANConfig):
         super().__init__(cfg)
-        n, ch = len(self.resolutions), [cfg.channels(s) for s in range(len(self.resolutions))]
+        n, ch = len(self.resolutions), [cfg.channels(s, d=True) for s in range(len(self.resolutions))]
         self.from_rgb = nn.ModuleList([EqualizedConv2d(cfg.img_channels, ch[s], 1) for s in range(n)])
         # blocks[0]: base x base -> logit; blocks[s]: stage s -> stage s-1 (halves the size)
         strided = cfg.block == "strided"
